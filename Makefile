@@ -1,0 +1,45 @@
+# Everything runs in a local virtual environment (.venv), created when missing and
+# re-installed only when setup.py changes.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CACHE := .cache
+STANDIN := $(CACHE)/models/standin
+# TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) hides real output.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: help venv test demo bench lint clean
+
+help:
+	@echo "make demo   - create the environment if needed, then run the demo on the bundled stand-in model"
+	@echo "make test   - create the environment if needed, then run the test suite"
+	@echo "make bench  - run the benchmarks and rewrite BENCHMARKS.md"
+	@echo "make lint   - ruff"
+	@echo "make clean  - remove the environment and caches"
+
+venv: $(STAMP)
+
+$(STAMP): setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+$(STANDIN)/saved_model.pb: $(STAMP)
+	$(PY) -m s3d.export --output $(STANDIN) --seed 0 --force
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP) $(STANDIN)/saved_model.pb
+	$(PY) -m s3d.inspect $(STANDIN) --smoke
+
+bench: $(STAMP) $(STANDIN)/saved_model.pb
+	$(PY) -m benchmarks.run --model $(STANDIN) --output BENCHMARKS.md
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) $(CACHE)

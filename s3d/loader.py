@@ -1,0 +1,159 @@
+"""One loader for every S3D MIL-NCE model: the real TF Hub module, a local or `gs://` SavedModel.
+
+`load_s3d(handle)` goes through `tensorflow_hub.load` whatever the handle is, so the
+real module (TF1 Hub format) and this project's exports are called the same way:
+signatures `video(images=...)` and `text(words=...)`, by keyword.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from s3d.export import PROVENANCE_FILE
+
+DEFAULT_HANDLE = "https://tfhub.dev/deepmind/mil-nce/s3d/1"
+_REMOTE_PREFIXES = ("http://", "https://")
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded from the given handle; the message says what to do."""
+
+
+def _is_remote(handle: str) -> bool:
+    return handle.startswith(_REMOTE_PREFIXES)
+
+
+def configure_gpus() -> int:
+    """Turns on memory growth on every visible GPU (so several model copies can share one); returns the GPU count."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised by an earlier load in this process: the setting stays as it was
+            pass
+    return len(gpus)
+
+
+def _read_provenance(path: str) -> dict[str, Any]:
+    import tensorflow as tf
+
+    file = os.path.join(path, PROVENANCE_FILE)
+    if not tf.io.gfile.exists(file):
+        # The TF Hub module and other third-party exports carry no provenance of ours.
+        return {"kind": "external", "trained": None}
+    with tf.io.gfile.GFile(file) as f:
+        return json.loads(f.read())
+
+
+class S3DModel:
+    """A loaded S3D MIL-NCE model: numpy in, numpy out.
+
+    Attributes:
+        handle: what it was loaded from, as given.
+        provenance: the export's own description (kind, trained, seed, ...), or
+            {"kind": "external"} for the hub module.
+    """
+
+    def __init__(self, handle: str, module: Any, provenance: dict[str, Any]):
+        self.handle = handle
+        self.provenance = provenance
+        self._module = module  # keeps the restored variables alive
+        self._video = module.signatures["video"]
+        self._text = module.signatures["text"]
+
+    @property
+    def trained(self) -> bool | None:
+        return self.provenance.get("trained")
+
+    def embed_video(self, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Embeds clips.
+
+        Args:
+            frames: [B, T, H, W, 3] or one clip [T, H, W, 3]; uint8 (0..255) or float (0..1), RGB.
+                T, H and W must be even.
+
+        Returns:
+            (mixed_5c [B, 1024], video_embedding [B, 512]) as float32 numpy arrays.
+        """
+        import tensorflow as tf
+
+        frames = np.asarray(frames)
+        if frames.ndim == 4:
+            frames = frames[None]
+        if frames.ndim != 5 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be [B, T, H, W, 3] or [T, H, W, 3] RGB, got shape {frames.shape}")
+        if any(d % 2 or d == 0 for d in frames.shape[1:4]):
+            raise ValueError(
+                f"S3D needs an even, non-zero number of frames, height and width; got T, H, W = {frames.shape[1:4]}"
+            )
+        if frames.dtype == np.uint8:
+            # Clips travel as uint8 (4x smaller); they become float32 here, at the model.
+            images = tf.cast(tf.convert_to_tensor(frames), tf.float32) / 255.0
+        elif np.issubdtype(frames.dtype, np.floating):
+            images = tf.convert_to_tensor(frames, tf.float32)
+        else:
+            raise ValueError(f"frames must be uint8 or float, got dtype {frames.dtype}")
+        out = self._video(images=images)
+        return out["mixed_5c"].numpy(), out["video_embedding"].numpy()
+
+    def embed_text(self, sentences: Sequence[str]) -> np.ndarray:
+        """Embeds sentences: list of str -> text_embedding float32 [B, 512]."""
+        import tensorflow as tf
+
+        if isinstance(sentences, (str, bytes)):
+            raise TypeError("embed_text takes a list of sentences, not one string")
+        bad = [s for s in sentences if not isinstance(s, str)]
+        if bad:
+            raise TypeError(f"sentences must be str, got {type(bad[0]).__name__}: {bad[0]!r}")
+        words = tf.constant(list(sentences), dtype=tf.string, shape=[len(sentences)])
+        return self._text(words=words)["text_embedding"].numpy()
+
+
+def load_s3d(handle: str = DEFAULT_HANDLE) -> S3DModel:
+    """Loads the model from a TF Hub URL, a local SavedModel directory or a `gs://` path.
+
+    Raises:
+        ModelLoadError: nothing loadable at `handle`, or it lacks the `video`/`text` signatures.
+    """
+    import tensorflow as tf
+    import tensorflow_hub as hub
+
+    if not handle:
+        raise ModelLoadError("no model handle given: pass a TF Hub URL or a SavedModel directory")
+    configure_gpus()
+    if not _is_remote(handle) and not tf.io.gfile.exists(handle):
+        raise ModelLoadError(
+            f"no model at {handle!r}: the path does not exist. Point --model at a SavedModel directory "
+            "(`python -m s3d.export --output DIR` writes the stand-in) or at the TF Hub module "
+            f"{DEFAULT_HANDLE}"
+        )
+    try:
+        path = hub.resolve(handle)
+        module = hub.load(path)
+    except Exception as e:  # hub and TF raise many unrelated types for a bad handle; all mean "cannot load"
+        hint = (
+            "The machine may be offline or the hub unreachable: download the module elsewhere and point "
+            "--model at its directory, or set TFHUB_CACHE_DIR to a cache that already holds it."
+            if _is_remote(handle)
+            else "Is it a SavedModel directory (with saved_model.pb)?"
+        )
+        raise ModelLoadError(f"could not load the S3D model from {handle!r}: {type(e).__name__}: {e}. {hint}") from e
+    names = sorted(getattr(module, "signatures", {}).keys())
+    if "video" not in names or "text" not in names:
+        raise ModelLoadError(
+            f"{handle!r} is not an S3D MIL-NCE module: it has signatures {names}, expected 'video' and 'text'"
+        )
+    model = S3DModel(handle, module, _read_provenance(path))
+    if model.trained is False:
+        log.warning("model %s is an untrained stand-in: its embeddings carry no meaning", handle)
+    return model

@@ -1,0 +1,211 @@
+"""S3D-G with the MIL-NCE heads, in TensorFlow 2 (channels-last), and its hub-style signatures.
+
+The network follows the PyTorch port layer for layer (SPEC.md section 3) so that
+the authors' checkpoint maps onto it one tensor at a time. Parameters live in a
+dict keyed by state_dict name, stored in TensorFlow layout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from s3d.architecture import (
+    BN_EPSILON,
+    NUM_TEXT_TOKENS,
+    VIDEO_LAYERS,
+    Gating,
+    Inception,
+    MaxPool,
+    STConv,
+    conv_stages,
+    inception_convs,
+    inception_gatings,
+    parameter_layout,
+)
+from s3d.vocab import word_to_token
+
+# Python's `\w` on str is a letter, a number or '_'; RE2's `\w` is ASCII-only, so spell it out.
+_NOT_WORD_RE = r"[^\p{L}\p{N}_']+"
+
+VIDEO_INPUT_SPEC = tf.TensorSpec([None, None, None, None, 3], tf.float32, name="images")
+TEXT_INPUT_SPEC = tf.TensorSpec([None], tf.string, name="words")
+
+
+def init_parameters(vocab_size: int, seed: int) -> dict[str, np.ndarray]:
+    """Seeded random parameters for the untrained stand-in, scaled so activations stay O(1)."""
+    rng = np.random.default_rng(seed)
+    params: dict[str, np.ndarray] = {}
+    for key, shape in parameter_layout(vocab_size).items():
+        if len(shape) == 5:  # conv kernel: He-normal on fan-in
+            fan_in = int(np.prod(shape[:4]))
+            value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+        elif key.endswith("word_embd.weight"):
+            value = rng.normal(0.0, 1.0, shape)
+        elif len(shape) == 2:  # linear [in, out]
+            value = rng.normal(0.0, 1.0 / np.sqrt(shape[0]), shape)
+        elif key.endswith(".running_var"):
+            value = rng.uniform(0.5, 1.5, shape)
+        elif ".bn" in key and key.endswith(".weight"):
+            value = 1.0 + 0.1 * rng.normal(size=shape)
+        else:  # biases, BN shifts and running means
+            value = 0.1 * rng.normal(size=shape)
+        params[key] = value.astype(np.float32)
+    return params
+
+
+def space_to_depth(images: tf.Tensor) -> tf.Tensor:
+    """[B, T, H, W, C] -> [B, T/2, H/2, W/2, 8C] with channels ordered (dt, dh, dw, c)."""
+    shape = tf.shape(images)
+    b, t, h, w, c = shape[0], shape[1], shape[2], shape[3], images.shape[-1]
+    x = tf.reshape(images, [b, t // 2, 2, h // 2, 2, w // 2, 2, c])
+    x = tf.transpose(x, [0, 1, 3, 5, 2, 4, 6, 7])
+    return tf.reshape(x, [b, t // 2, h // 2, w // 2, 8 * c])
+
+
+def max_pool_same(x: tf.Tensor, kernel: tuple[int, int, int], stride: tuple[int, int, int]) -> tf.Tensor:
+    """The port's MaxPool3dTFPadding: zero-pad max(k - s, 0) (smaller half first), then ceil-mode pooling.
+
+    Zero padding acts as -inf because every pooled tensor in the network is non-negative
+    (after ReLU or gating). Ceil mode is reproduced by padding the tail with zeros.
+    """
+    shape = tf.shape(x)
+    paddings = [[0, 0]]
+    for axis, (k, s) in enumerate(zip(kernel, stride, strict=True), start=1):
+        total = max(k - s, 0)
+        before = total // 2
+        padded = shape[axis] + total
+        out = (padded - k + s - 1) // s + 1
+        ceil_extra = (out - 1) * s + k - padded
+        paddings.append([before, total - before + ceil_extra])
+    paddings.append([0, 0])
+    x = tf.pad(x, paddings)
+    return tf.nn.max_pool3d(x, ksize=kernel, strides=stride, padding="VALID")
+
+
+def conv_same(x: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """Stride-1 'SAME' 3-d convolution, lowered to 2-d convolutions or a matmul where the kernel allows.
+
+    Every conv of S3D has stride 1. Spatial-only ([1, k, k]) and temporal-only ([k, 1, 1])
+    kernels run as 2-d convolutions over a reshaped tensor, which TensorFlow's CPU and GPU
+    kernels do much faster than the general 3-d convolution.
+    """
+    kt, kh, kw, cin, cout = kernel.shape
+    shape = tf.shape(x)
+    b, t, h, w = shape[0], shape[1], shape[2], shape[3]
+    if kt == 1 and kh == 1 and kw == 1:
+        y = tf.matmul(tf.reshape(x, [-1, cin]), tf.reshape(kernel, [cin, cout]))
+        return tf.reshape(y, [b, t, h, w, cout])
+    if kt == 1:
+        y = tf.nn.conv2d(tf.reshape(x, [b * t, h, w, cin]), kernel[0], strides=1, padding="SAME")
+        return tf.reshape(y, [b, t, h, w, cout])
+    if kh == 1 and kw == 1:
+        y = tf.nn.conv2d(tf.reshape(x, [b, t, h * w, cin]), kernel[:, 0], strides=1, padding="SAME")
+        return tf.reshape(y, [b, t, h, w, cout])
+    return tf.nn.conv3d(x, kernel, strides=[1, 1, 1, 1, 1], padding="SAME")
+
+
+class S3DNetwork(tf.Module):
+    """The video and text towers over a dict of parameters (state_dict keys, TF layout)."""
+
+    def __init__(self, params: dict[str, np.ndarray], vocabulary: list[str]):
+        super().__init__(name="s3d_milnce")
+        vocab_size = len(vocabulary)
+        expected = parameter_layout(vocab_size)
+        missing = sorted(set(expected) - set(params))
+        extra = sorted(set(params) - set(expected))
+        if missing or extra:
+            raise ValueError(f"parameters do not match the S3D layout: missing {missing[:5]}, unexpected {extra[:5]}")
+        for key, shape in expected.items():
+            if tuple(params[key].shape) != shape:
+                raise ValueError(f"parameter {key} has shape {tuple(params[key].shape)}, expected {shape}")
+        self.params = {k: tf.Variable(params[k], trainable=False, name=k.replace(".", "/")) for k in expected}
+        mapping = word_to_token(vocabulary)
+        self.vocab_table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(
+                tf.constant(list(mapping.keys()), tf.string), tf.constant(list(mapping.values()), tf.int64)
+            ),
+            default_value=0,
+        )
+
+    # ---- video tower -------------------------------------------------------------------------
+
+    def _stconv(self, x: tf.Tensor, conv: STConv) -> tf.Tensor:
+        for stage, *_ in conv_stages(conv):
+            p = self.params
+            bn = f"{conv.name}.bn{stage}"
+            scale = p[f"{bn}.weight"] * tf.math.rsqrt(p[f"{bn}.running_var"] + BN_EPSILON)
+            shift = p[f"{bn}.bias"] - p[f"{bn}.running_mean"] * scale
+            # BatchNorm in inference mode folded into the kernel: one multiply on the weights.
+            x = tf.nn.relu(conv_same(x, p[f"{conv.name}.conv{stage}.weight"] * scale) + shift)
+        return x
+
+    def _gating(self, x: tf.Tensor, gating: Gating) -> tf.Tensor:
+        pooled = tf.reduce_mean(x, axis=[1, 2, 3])
+        weights = tf.sigmoid(tf.matmul(pooled, self.params[f"{gating.name}.fc.weight"]) + self.params[f"{gating.name}.fc.bias"])
+        return x * weights[:, None, None, None, :]
+
+    def _inception(self, x: tf.Tensor, block: Inception) -> tf.Tensor:
+        b0, b1a, b1b, b2a, b2b, b3b = inception_convs(block)
+        g0, g1, g2, g3 = inception_gatings(block)
+        branch0 = self._gating(self._stconv(x, b0), g0)
+        branch1 = self._gating(self._stconv(self._stconv(x, b1a), b1b), g1)
+        branch2 = self._gating(self._stconv(self._stconv(x, b2a), b2b), g2)
+        branch3 = self._gating(self._stconv(max_pool_same(x, (3, 3, 3), (1, 1, 1)), b3b), g3)
+        return tf.concat([branch0, branch1, branch2, branch3], axis=-1)
+
+    def embed_video(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """images float32 [B, T, H, W, 3] in [0, 1], T/H/W even -> video_embedding, mixed_5c."""
+        dims = tf.shape(images)[1:4]
+        tf.debugging.assert_equal(
+            tf.math.floormod(dims, 2),
+            tf.zeros_like(dims),
+            message="S3D needs an even number of frames, height and width (images is [B, T, H, W, 3])",
+        )
+        x = space_to_depth(images)
+        for layer in VIDEO_LAYERS:
+            if isinstance(layer, STConv):
+                x = self._stconv(x, layer)
+            elif isinstance(layer, MaxPool):
+                x = max_pool_same(x, layer.kernel, layer.stride)
+            elif isinstance(layer, Gating):
+                x = self._gating(x, layer)
+            else:
+                x = self._inception(x, layer)
+        mixed_5c = tf.reduce_mean(x, axis=[1, 2, 3])
+        return {"video_embedding": self.video_head(mixed_5c), "mixed_5c": mixed_5c}
+
+    def video_head(self, mixed_5c: tf.Tensor) -> tf.Tensor:
+        """The linear 1024 -> 512 layer from `mixed_5c` to `video_embedding`."""
+        return tf.matmul(mixed_5c, self.params["fc.weight"]) + self.params["fc.bias"]
+
+    # ---- text tower --------------------------------------------------------------------------
+
+    def tokenize(self, words: tf.Tensor) -> tf.Tensor:
+        """string [B] -> int64 [B, 16]: lower-case, `[\\w']+` words, known ones' tokens, first 16, zero-padded."""
+        lowered = tf.strings.lower(words, encoding="utf-8")
+        split = tf.strings.split(tf.strings.regex_replace(lowered, _NOT_WORD_RE, " "))
+        tokens = tf.ragged.map_flat_values(self.vocab_table.lookup, split)
+        known = tf.ragged.boolean_mask(tokens, tokens > 0)
+        return known.to_tensor(default_value=0, shape=[None, NUM_TEXT_TOKENS])
+
+    def embed_text(self, words: tf.Tensor) -> dict[str, tf.Tensor]:
+        p = self.params
+        x = tf.gather(p["text_module.word_embd.weight"], self.tokenize(words))
+        x = tf.nn.relu(tf.einsum("btd,dh->bth", x, p["text_module.fc1.weight"]) + p["text_module.fc1.bias"])
+        x = tf.reduce_max(x, axis=1)
+        return {"text_embedding": tf.matmul(x, p["text_module.fc2.weight"]) + p["text_module.fc2.bias"]}
+
+
+def signatures(network: S3DNetwork) -> dict[str, tf.types.experimental.ConcreteFunction]:
+    """The hub module's two signatures, `video(images)` and `text(words)`, and no `default`."""
+
+    @tf.function(input_signature=[VIDEO_INPUT_SPEC])
+    def video(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        return network.embed_video(images)
+
+    @tf.function(input_signature=[TEXT_INPUT_SPEC])
+    def text(words: tf.Tensor) -> dict[str, tf.Tensor]:
+        return network.embed_text(words)
+
+    return {"video": video.get_concrete_function(), "text": text.get_concrete_function()}

@@ -1,0 +1,45 @@
+"""Packaging: the one source of truth for dependencies, also used to ship the code to Beam workers.
+
+    pip install -e .[dev]        # local development and tests
+    --setup_file ./setup.py      # Dataflow: installs this package on every worker
+"""
+
+from setuptools import find_packages, setup
+
+# Versions that install together on Python 3.11 (checked on a clean venv).
+INSTALL_REQUIRES = [
+    "apache-beam==2.77.0",
+    # tf-keras (needed by tensorflow-hub) depends on `tensorflow`; pinning that one package avoids a
+    # second copy as tensorflow-cpu. On Linux it runs on the CPU and uses a GPU when CUDA is present.
+    "tensorflow==2.21.0",
+    "tf-keras==2.21.0",
+    "tensorflow-hub==0.16.1",
+    "av==18.1.0",
+    "pyarrow==25.0.1",
+    "numpy>=2.0,<3",
+    "psutil>=7.0",
+]
+
+EXTRAS_REQUIRE = {
+    "gcp": ["apache-beam[gcp]==2.77.0"],
+    "aws": ["apache-beam[aws]==2.77.0"],
+    "dev": ["pytest==9.2.0", "ruff==0.17.6", "duckdb==2.0.1"],
+}
+
+setup(
+    name="s3d-features",
+    version="0.1.0",
+    description="Batch S3D MIL-NCE text-video feature extraction on Apache Beam",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "s3d", "s3d.*"]),
+    package_data={"s3d": ["standin_vocab.txt", "state_dict_layout.json"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={
+        "console_scripts": [
+            "s3d-export=s3d.export:main",
+        ],
+    },
+)

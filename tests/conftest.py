@@ -1,0 +1,25 @@
+"""Shared fixtures: the stand-in model is exported once per session into a temp dir."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def standin_dir(tmp_path_factory) -> str:
+    from s3d.export import export_standin
+
+    path = str(tmp_path_factory.mktemp("models") / "standin")
+    export_standin(path, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def standin_model(standin_dir):
+    from s3d.loader import load_s3d
+
+    return load_s3d(standin_dir)
