@@ -1,0 +1,91 @@
+"""Model-only throughput of one configuration, run in its own process so its peak memory is its own.
+
+    python -m benchmarks.model_throughput --model DIR --batch 4 --variant loaded
+
+Prints one JSON line: clips per second, GFLOP/s at 74.2 GFLOP per 32x224x224 clip, peak RSS.
+Variants are set before TensorFlow is imported (threads, oneDNN) or choose how the
+graph is built (the loaded SavedModel, in-process, XLA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+
+GFLOP_PER_CLIP = 74.2  # SPEC.md: S3D-G at 32 x 224 x 224
+
+VARIANTS = {
+    "loaded": "exported SavedModel via load_s3d (what the pipeline runs)",
+    "loaded_xla": "the same signature wrapped in tf.function(jit_compile=True)",
+    "loaded_onednn_off": "the same with TF_ENABLE_ONEDNN_OPTS=0",
+    "loaded_1_thread_pools": "the same with inter_op=1, intra_op=2 threads",
+    "inproc": "network built in-process from the same parameters, not through a SavedModel",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--variant", choices=sorted(VARIANTS), default="loaded")
+    parser.add_argument("--seconds", type=float, default=8.0, help="time spent measuring (after one warm-up call)")
+    args = parser.parse_args()
+
+    if args.variant == "loaded_onednn_off":
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+    import numpy as np
+    import tensorflow as tf
+
+    if args.variant == "loaded_1_thread_pools":
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_intra_op_parallelism_threads(2)
+
+    if args.variant.startswith("loaded"):
+        from s3d.loader import load_s3d
+
+        model = load_s3d(args.model)
+
+        def call(x):
+            return model._video(images=x)
+
+        fn = tf.function(call, jit_compile=True) if args.variant == "loaded_xla" else call
+    else:
+        from s3d.network import S3DNetwork, init_parameters
+        from s3d.vocab import standin_vocabulary
+
+        words = standin_vocabulary()
+        network = S3DNetwork(init_parameters(len(words), 0), words)
+        fn = tf.function(network.embed_video)
+
+    images = tf.constant(
+        np.random.default_rng(0).uniform(0, 1, (args.batch, args.frames, args.size, args.size, 3)).astype(np.float32)
+    )
+    fn(images)["video_embedding"].numpy()  # warm-up: tracing, oneDNN primitive creation
+    calls, start = 0, time.perf_counter()
+    while calls < 2 or time.perf_counter() - start < args.seconds:
+        fn(images)["video_embedding"].numpy()
+        calls += 1
+    elapsed = time.perf_counter() - start
+    clips_per_s = calls * args.batch / elapsed
+    scale = args.frames * args.size * args.size / (32 * 224 * 224)
+    print(
+        json.dumps(
+            {
+                "variant": args.variant,
+                "batch": args.batch,
+                "clips_per_s": clips_per_s,
+                "gflop_per_s": clips_per_s * GFLOP_PER_CLIP * scale,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "calls": calls,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

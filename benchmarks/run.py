@@ -1,0 +1,131 @@
+"""Runs the benchmarks and writes BENCHMARKS.md.
+
+    python -m benchmarks.run --model DIR [--output BENCHMARKS.md] [--only model,decode]
+
+Each measurement runs in its own subprocess (its own peak memory, no warm caches
+shared between variants). The machine is shared and noisy: compare figures within
+one run, as ratios, not across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Callable
+
+import psutil
+
+from benchmarks.model_throughput import VARIANTS
+
+PEER_CLIPS_PER_S = 0.88  # the authors' PyTorch port, batch 1, on a 2-core machine of this kind
+
+
+def run_json(args: list[str], env: dict[str, str] | None = None) -> dict:
+    """Runs `python -m ...args` and returns the JSON object of its last stdout line."""
+    proc = subprocess.run(
+        [sys.executable, "-m", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import tensorflow as tf
+
+    return (
+        f"{cpu}, {psutil.cpu_count()} logical cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
+        f"Python {platform.python_version()}, TensorFlow {tf.__version__} (oneDNN on unless noted), no GPU"
+        if not tf.config.list_physical_devices("GPU")
+        else f"{cpu}, GPU: {tf.config.list_physical_devices('GPU')}"
+    )
+
+
+def model_section(model: str, log: Callable[[str], None]) -> str:
+    rows = []
+    for batch in (1, 4, 8):
+        log(f"model: loaded, batch {batch}")
+        rows.append(run_json(["benchmarks.model_throughput", "--model", model, "--batch", str(batch)]))
+    variants = []
+    for variant in sorted(VARIANTS):
+        log(f"model: variant {variant}, batch 1")
+        variants.append(run_json(["benchmarks.model_throughput", "--model", model, "--batch", "1", "--variant", variant]))
+    base = next(v for v in variants if v["variant"] == "loaded")["clips_per_s"]
+
+    lines = [
+        "## Model only (S3D video tower, T=32, 224x224, float32, CPU)",
+        "",
+        "| batch | clips/s | GFLOP/s (74.2 GFLOP/clip) | peak RSS (MB) | vs PyTorch port (0.88 clips/s at batch 1) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['batch']} | {r['clips_per_s']:.2f} | {r['gflop_per_s']:.0f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['clips_per_s'] / PEER_CLIPS_PER_S:.2f}x |"
+        )
+    lines += [
+        "",
+        "What TensorFlow offers, at batch 1, each in its own process (ratio to `loaded` in the same run):",
+        "",
+        "| variant | what | clips/s | ratio |",
+        "| --- | --- | --- | --- |",
+    ]
+    for v in variants:
+        lines.append(f"| {v['variant']} | {VARIANTS[v['variant']]} | {v['clips_per_s']:.2f} | {v['clips_per_s'] / base:.2f} |")
+    return "\n".join(lines)
+
+
+SECTIONS: dict[str, Callable[..., str]] = {"model": model_section}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="stand-in SavedModel directory")
+    parser.add_argument("--output", default="BENCHMARKS.md")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {list(SECTIONS)}")
+    args = parser.parse_args()
+    names = [n for n in args.only.split(",") if n]
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        parser.error(f"--only: unknown sections {unknown}; choose from {list(SECTIONS)}")
+
+    def log(msg: str) -> None:
+        print(f"[bench {datetime.datetime.now():%H:%M:%S}] {msg}", file=sys.stderr, flush=True)
+
+    started = datetime.datetime.now(datetime.UTC)
+    parts = [SECTIONS[n](args.model, log) for n in names]
+    header = [
+        "# Benchmarks",
+        "",
+        f"Produced by `make bench` (`python -m benchmarks.run --model .cache/models/standin --output BENCHMARKS.md`"
+        f"{' --only ' + args.only if args.only != ','.join(SECTIONS) else ''}) on {started:%Y-%m-%d %H:%M} UTC.",
+        "",
+        f"Machine: {machine_description()}.",
+        "",
+        "The machine is shared and noisy: read figures as ratios within this one run.",
+        "The model is the untrained stand-in; speed does not depend on the weights.",
+        "",
+    ]
+    with open(args.output, "w") as f:
+        f.write("\n".join(header) + "\n" + "\n\n".join(parts) + "\n")
+    log(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
