@@ -33,7 +33,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "s3d", "s3d.*"]),
+    packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "s3d", "s3d.*", "synthetic", "synthetic.*"]),
     package_data={"s3d": ["standin_vocab.txt", "state_dict_layout.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -1,0 +1,1 @@
+"""Synthetic media made in-process (PyAV), for tests, benchmarks and the demo. Nothing is downloaded."""

@@ -1,0 +1,67 @@
+"""Typed errors for everything that can go wrong with one video.
+
+Each names the URI and the cause. `stage` says where in the job it happened and
+`transient` whether retrying the same input could succeed (I/O timeouts, object
+store 5xx), so failure records can be filtered and retried.
+"""
+
+from __future__ import annotations
+
+
+class VideoError(Exception):
+    """A problem with one input video. Never a bug in this project's code."""
+
+    stage = "decode"
+    transient = False
+
+    def __init__(self, uri: str, message: str):
+        super().__init__(f"{uri}: {message}")
+        self.uri = uri
+        self.detail = message
+
+
+class OpenError(VideoError):
+    """The file cannot be opened as a media container (missing, empty, not a video, unreadable)."""
+
+    stage = "open"
+
+    def __init__(self, uri: str, message: str, transient: bool = False):
+        super().__init__(uri, message)
+        self.transient = transient
+
+
+class NoVideoStreamError(VideoError):
+    """The container has no video stream (e.g. audio only)."""
+
+    stage = "open"
+
+
+class UnsupportedCodecError(VideoError):
+    """The video stream's codec has no decoder in this FFmpeg build."""
+
+    stage = "open"
+
+
+class NoFramesError(VideoError):
+    """Nothing decodable in the stream, or in the requested segment."""
+
+
+class TooShortError(VideoError):
+    """Fewer sampled frames than one clip, and the tail policy is `drop`: no clip to emit."""
+
+
+class CorruptStreamError(VideoError):
+    """The stream broke after some frames; the clips decoded before the break were emitted."""
+
+    def __init__(self, uri: str, message: str, clips_emitted: int, at_sec: float | None):
+        super().__init__(uri, message)
+        self.clips_emitted = clips_emitted
+        self.at_sec = at_sec
+
+
+class LimitExceededError(VideoError):
+    """A protective limit (pixels per frame, duration, wall-clock time) was exceeded."""
+
+    def __init__(self, uri: str, limit: str, message: str):
+        super().__init__(uri, message)
+        self.limit = limit
