@@ -61,6 +61,7 @@ def write_video(
     rotation: int | None = None,
     frame_fn=pattern_frame,
     gop: int | None = None,
+    options: dict[str, str] | None = None,
 ) -> str:
     """Encodes a pattern video.
 
@@ -71,6 +72,7 @@ def write_video(
         audio: "first" adds an audio stream before the video stream, "after" after it.
         rotation: display-matrix rotation in degrees (counter-clockwise), as phones write it.
         gop: keyframe interval in frames.
+        options: encoder options, replacing the near-lossless defaults.
     """
     rate = Fraction(fps).limit_denominator(100000)
     with av.open(path, mode="w") as container:
@@ -81,10 +83,12 @@ def write_video(
             stream.codec_context.gop_size = gop
         if codec in ("libx264", "libvpx-vp9"):
             stream.options = {"crf": "18"} if codec == "libx264" else {"crf": "20", "b": "0"}
-        elif codec in ("mpeg4", "mjpeg"):
+        elif codec in ("mpeg4", "mjpeg") and options is None:
             stream.options = {"qscale": "2"}  # near-lossless, so the gray-level codes survive
             stream.codec_context.qmin = 1
             stream.codec_context.qmax = 3
+        if options is not None:
+            stream.options = options
         tb = Fraction(1, 90000) if (times is not None or start_sec) else None
         if tb is not None:
             stream.codec_context.time_base = tb

@@ -304,7 +304,7 @@ def test_options_name_the_bad_value():
         DecodeOptions(size=225)
     with pytest.raises(ValueError, match="crop must be one of"):
         DecodeOptions(crop="middle")
-    with pytest.raises(ValueError, match="stride or num_clips"):
+    with pytest.raises(ValueError, match="exclude each other"):
         DecodeOptions(stride=4, num_clips=3)
 
 

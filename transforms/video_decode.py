@@ -67,7 +67,7 @@ class DecodeOptions:
         if self.num_clips is not None and self.num_clips < 1:
             raise ValueError(f"num_clips must be >= 1, got {self.num_clips}")
         if self.num_clips is not None and self.stride is not None:
-            raise ValueError("give stride or num_clips, not both")
+            raise ValueError("num_clips and stride exclude each other: give one")
         if self.size < 2 or self.size % 2:
             raise ValueError(f"size must be an even number >= 2 (the model needs even H and W), got {self.size}")
         if self.crop not in CROP_MODES:

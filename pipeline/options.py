@@ -1,0 +1,116 @@
+"""Options of the jobs: one PipelineOptions subclass per job, every flag with help and default.
+
+Validation happens at launch (`validate()`), before any worker starts, with a
+message that names the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from s3d.loader import DEFAULT_HANDLE
+from transforms.video_decode import CROP_MODES, TAIL_POLICIES, DecodeOptions
+
+_DEFAULTS = DecodeOptions()
+
+
+def _fps(value: str) -> float | None:
+    if value.lower() == "native":
+        return None
+    try:
+        return float(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--fps takes a number or 'native', got {value!r}") from e
+
+
+class ModelOptions(PipelineOptions):
+    """What every job that runs the model shares: the module, batching and model sharing."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--model", default=DEFAULT_HANDLE,
+                            help="S3D MIL-NCE module: TF Hub URL, local SavedModel directory or gs:// path "
+                            f"(default: {DEFAULT_HANDLE})")
+        parser.add_argument("--batch_size", type=int, default=8,
+                            help="largest batch sent to the model (default: 8; on CPU batching gains little, "
+                            "on GPU raise it)")
+        parser.add_argument("--min_batch_size", type=int, default=1, help="smallest batch (default: 1)")
+        parser.add_argument("--large_model", action="store_true", default=False,
+                            help="load one model per machine and share it across worker processes (GPU workers)")
+        parser.add_argument("--model_copies", type=int, default=None,
+                            help="exact number of shared model copies per machine, e.g. one per GPU "
+                            "(implies sharing; default: one per process)")
+
+    def validate_model(self) -> None:
+        if not self.model:
+            raise ValueError("--model must name a TF Hub URL or a SavedModel path")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
+        if not 1 <= self.min_batch_size <= self.batch_size:
+            raise ValueError(f"--min_batch_size must be between 1 and --batch_size ({self.batch_size}), got {self.min_batch_size}")
+        if self.model_copies is not None and self.model_copies < 1:
+            raise ValueError(f"--model_copies must be >= 1, got {self.model_copies}")
+
+
+class ExtractOptions(PipelineOptions):
+    """`python -m pipeline.extract`: videos -> clips, videos and failures tables."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        group = parser.add_argument_group("input and output")
+        group.add_argument("--input", help="glob of video files on any Beam filesystem (e.g. 'gs://b/videos/*.mp4'), "
+                           "or a manifest: .txt (one URI a line), .csv/.jsonl/.parquet with a 'uri' column and "
+                           "optional video_id, start_sec, end_sec")
+        group.add_argument("--output_prefix", help="where the run writes PREFIX/clips/, PREFIX/videos/, "
+                           "PREFIX/failures/ and PREFIX/run_summary.json; an earlier run's output there is replaced")
+        group = parser.add_argument_group("sampling and windowing")
+        group.add_argument("--fps", type=_fps, default=_DEFAULTS.fps,
+                           help=f"frames sampled per second, or 'native' (default: {_DEFAULTS.fps:g})")
+        group.add_argument("--frames_per_clip", type=int, default=_DEFAULTS.frames_per_clip,
+                           help=f"frames in a clip (default: {_DEFAULTS.frames_per_clip}; must be even)")
+        group.add_argument("--stride", type=int, default=None,
+                           help="sampled frames between clip starts (default: --frames_per_clip, no overlap)")
+        group.add_argument("--num_clips", type=int, default=None,
+                           help="instead of --stride: this many clips spread evenly over each video, as in the "
+                           "authors' evaluation (default: off)")
+        group.add_argument("--tail", choices=TAIL_POLICIES, default=_DEFAULTS.tail,
+                           help=f"a short last clip: pad (repeat the last frame, flagged) or drop (default: {_DEFAULTS.tail})")
+        group = parser.add_argument_group("spatial preprocessing")
+        group.add_argument("--size", type=int, default=_DEFAULTS.size,
+                           help=f"output frame side in pixels (default: {_DEFAULTS.size}; even)")
+        group.add_argument("--crop", choices=CROP_MODES, default=_DEFAULTS.crop,
+                           help="center: centre square then resize (the authors'); resize: whole frame; "
+                           f"short_side: resize short side then centre crop (default: {_DEFAULTS.crop})")
+        group = parser.add_argument_group("limits per video")
+        group.add_argument("--max_pixels", type=int, default=_DEFAULTS.max_pixels,
+                           help=f"largest frame in pixels (default: {_DEFAULTS.max_pixels}, 8K)")
+        group.add_argument("--max_duration_sec", type=float, default=_DEFAULTS.max_duration_sec,
+                           help=f"longest video decoded, seconds (default: {_DEFAULTS.max_duration_sec:g})")
+        group.add_argument("--max_seconds_per_video", type=float, default=_DEFAULTS.max_seconds_per_video,
+                           help=f"wall-clock budget to decode one video (default: {_DEFAULTS.max_seconds_per_video:g})")
+        group.add_argument("--decode_threads", type=int, default=_DEFAULTS.threads,
+                           help="decoder threads per video, 0 = one per core (default: 0)")
+
+    def decode_options(self) -> DecodeOptions:
+        """The decoder's options; ValueError names the flag."""
+        if self.frames_per_clip is not None and self.frames_per_clip % 2:
+            raise ValueError(f"--frames_per_clip must be even (the model needs an even T), got {self.frames_per_clip}")
+        try:
+            return DecodeOptions(
+                fps=self.fps, frames_per_clip=self.frames_per_clip, stride=self.stride, num_clips=self.num_clips,
+                size=self.size, crop=self.crop, tail=self.tail, max_pixels=self.max_pixels,
+                max_duration_sec=self.max_duration_sec, max_seconds_per_video=self.max_seconds_per_video,
+                threads=self.decode_threads,
+            )
+        except ValueError as e:
+            message = str(e).replace("threads must", "decode_threads must")
+            raise ValueError(f"--{message}") from e
+
+    def validate_extract(self) -> None:
+        if not self.input:
+            raise ValueError("--input is required: a glob of videos or a manifest")
+        if not self.output_prefix:
+            raise ValueError("--output_prefix is required: where the tables are written")
+        self.decode_options()

@@ -1,0 +1,45 @@
+"""The end-of-run report: failure reasons read back from the failures table, and a short printout."""
+
+from __future__ import annotations
+
+import collections
+import sys
+from typing import Any
+
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.tables import table_glob
+
+
+def failure_reasons(output_prefix: str, top: int = 10) -> list[dict[str, Any]]:
+    """Most common (stage, error_type) pairs of the run, with one example message each."""
+    counts: collections.Counter = collections.Counter()
+    example: dict[tuple[str, str], str] = {}
+    for match in FileSystems.match([table_glob(output_prefix, "failures")])[0].metadata_list:
+        with FileSystems.open(match.path) as f:
+            table = pq.read_table(f, columns=["stage", "error_type", "message"])
+        for stage, error_type, message in zip(*(table.column(c).to_pylist() for c in ("stage", "error_type", "message")), strict=True):
+            counts[(stage, error_type)] += 1
+            example.setdefault((stage, error_type), message)
+    return [
+        {"stage": s, "error_type": e, "count": n, "example": example[(s, e)][:300]}
+        for (s, e), n in counts.most_common(top)
+    ]
+
+
+def print_summary(summary: dict[str, Any], summary_file: str, out=sys.stdout) -> None:
+    c = summary["counts"]
+    seconds = summary["wall_seconds"]
+    rate = c["clips"] / seconds if seconds else 0.0
+    print("", file=out)
+    print(f"S3D features: {c['videos_ok']} videos ok, {c['videos_failed']} failed, {c['clips']} clips "
+          f"in {seconds:.1f}s ({rate:.2f} clips/s)", file=out)
+    if c.get("input_duplicates"):
+        print(f"  {c['input_duplicates']} repeated inputs were decoded once", file=out)
+    for reason in summary.get("failure_reasons", []):
+        print(f"  failed at {reason['stage']}: {reason['error_type']} x{reason['count']}  e.g. {reason['example']}", file=out)
+    print(f"  model: {summary['model']}", file=out)
+    for table, pattern in summary["tables"].items():
+        print(f"  {table:9s} {pattern}", file=out)
+    print(f"  summary   {summary_file}", file=out)

@@ -1,0 +1,124 @@
+"""What every job's launcher does around its graph: pick the runner, clear old output, summarise.
+
+The local runner is chosen explicitly (Beam's FnApiRunner, which honours
+--direct_num_workers and --direct_running_mode): Beam's DirectRunner would first
+try to fetch the Prism runner, which fails offline before it falls back.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from transforms.tables import table_glob
+
+SUMMARY_NAME = "run_summary.json"
+LOCAL_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner")
+
+log = logging.getLogger(__name__)
+
+
+# Warnings Beam logs on every run that say nothing about this job (optional GCP and torch extras).
+_NOISE = ("apitools not found", "Resource module is not available")
+
+
+def configure_logging() -> None:
+    """INFO for this project's progress lines; Beam's own chatter at WARNING, minus known noise."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    logging.getLogger().addFilter(lambda record: not record.getMessage().startswith(_NOISE))
+
+
+def package_version() -> str:
+    from s3d.export import package_version as version
+
+    return version()
+
+
+def is_local(options: PipelineOptions) -> bool:
+    return options.view_as(StandardOptions).runner in LOCAL_RUNNERS
+
+
+def create_pipeline(options: PipelineOptions) -> beam.Pipeline:
+    """A Pipeline on the runner the options name; locally, the FnApiRunner."""
+    if not is_local(options):
+        return beam.Pipeline(options=options)
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    # The provision info carries the options to worker subprocesses (multi_processing mode).
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return beam.Pipeline(runner=fn_runner.FnApiRunner(provision_info=provision), options=options)
+
+
+def summary_path(output_prefix: str) -> str:
+    return f"{output_prefix.rstrip('/')}/{SUMMARY_NAME}"
+
+
+def clear_previous_run(output_prefix: str, tables: tuple[str, ...]) -> int:
+    """Deletes an earlier run's tables and summary under the prefix, so two runs never mix. Returns files deleted."""
+    paths = [m.path for t in tables for m in FileSystems.match([table_glob(output_prefix, t)])[0].metadata_list]
+    summary = summary_path(output_prefix)
+    if FileSystems.exists(summary):
+        paths.insert(0, summary)  # the completion marker goes first
+    if paths:
+        FileSystems.delete(paths)
+        log.info("replaced an earlier run under %s (%d files deleted)", output_prefix, len(paths))
+    return len(paths)
+
+
+def counters(result) -> dict[str, int]:
+    """The job's counters summed over steps (committed where the runner has them)."""
+    totals: dict[str, int] = defaultdict(int)
+    for counter in result.metrics().query()["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] += int(value or 0)
+    return dict(totals)
+
+
+def distributions(result) -> dict[str, dict[str, float]]:
+    out = {}
+    for dist in result.metrics().query()["distributions"]:
+        value = dist.committed or dist.attempted
+        if value is not None and value.count:
+            out[dist.key.metric.name] = {"count": value.count, "mean": value.sum / value.count, "max": value.max}
+    return out
+
+
+def write_summary(output_prefix: str, summary: dict[str, Any]) -> str:
+    """Writes the run summary last: its presence marks a complete run."""
+    path = summary_path(output_prefix)
+    with FileSystems.create(path, mime_type="application/json") as f:
+        f.write(json.dumps(summary, indent=2, sort_keys=True, default=str).encode("utf-8"))
+    return path
+
+
+def read_summary(output_prefix: str) -> dict[str, Any] | None:
+    path = summary_path(output_prefix)
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path) as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+class Stopwatch:
+    def __init__(self):
+        self.start = time.monotonic()
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.start

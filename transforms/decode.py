@@ -1,0 +1,130 @@
+"""The decode step: VideoRequest -> ClipItems, plus each video's metadata or its failure.
+
+Wraps `ClipReader` in a DoFn with three outputs: clips (main), `info` as
+(video_id, video row without features) for videos decoded to the end, and
+`failures` rows for videos that could not be (with how many clips they kept).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms.errors import VideoError
+from transforms.records import ClipItem, VideoRequest, failure_row
+from transforms.video_decode import ClipReader, DecodeOptions
+
+INFO = "info"
+FAILURES = "failures"
+_NAMESPACE = "s3d"
+_PROGRESS_EVERY_SEC = 30.0
+
+log = logging.getLogger(__name__)
+
+
+class DecodeClipsFn(beam.DoFn):
+    def __init__(self, options: DecodeOptions):
+        self._options = options
+
+    def setup(self):
+        self._videos_ok = Metrics.counter(_NAMESPACE, "videos_decoded")
+        self._clips = Metrics.counter(_NAMESPACE, "clips_decoded")
+        self._frames = Metrics.counter(_NAMESPACE, "frames_decoded")
+        self._padded = Metrics.counter(_NAMESPACE, "clips_padded")
+        self._decode_ms = Metrics.distribution(_NAMESPACE, "decode_ms_per_video")
+        self._done = 0
+        self._clip_total = 0
+        self._started = time.monotonic()
+        self._last_report = self._started
+
+    def _fail(self, request: VideoRequest, error: Exception, stage: str, transient: bool, clips_kept: int):
+        Metrics.counter(_NAMESPACE, f"videos_failed_{stage}").inc()
+        Metrics.counter(_NAMESPACE, f"error_{type(error).__name__}").inc()
+        return beam.pvalue.TaggedOutput(
+            FAILURES,
+            failure_row(request.video_id, request.uri, stage, type(error).__name__,
+                        getattr(error, "detail", None) or str(error), transient, clips_kept),
+        )
+
+    def process(self, request: VideoRequest):
+        start = time.monotonic()
+        reader = ClipReader(request.uri, self._options, request.start_sec, request.end_sec)
+        emitted = 0
+        try:
+            for clip in reader:
+                emitted += 1
+                self._padded.inc(int(clip.padded))
+                yield ClipItem(
+                    video_id=request.video_id,
+                    uri=request.uri,
+                    clip_index=clip.clip_index,
+                    start_sec=clip.start_sec,
+                    end_sec=clip.end_sec,
+                    num_frames=clip.num_frames,
+                    padded=clip.padded,
+                    frames=clip.frames,
+                )
+        except VideoError as e:  # includes a stream that broke after some clips (they stay in `clips`)
+            self._clips.inc(emitted)
+            yield self._fail(request, e, e.stage, e.transient, emitted)
+            return
+        except Exception as e:  # noqa: BLE001 - a decoder crash on one file must not end a job of millions;
+            # it is logged with its traceback, counted, and recorded with its type for a bug report.
+            log.exception("unexpected error decoding %s", request.uri)
+            Metrics.counter(_NAMESPACE, "unexpected_errors").inc()
+            self._clips.inc(emitted)
+            yield self._fail(request, e, "decode", False, emitted)
+            return
+        info = reader.info
+        self._videos_ok.inc()
+        self._clips.inc(emitted)
+        self._frames.inc(info.decoded_frames)
+        self._decode_ms.update(int((time.monotonic() - start) * 1000))
+        yield beam.pvalue.TaggedOutput(
+            INFO,
+            (
+                request.video_id,
+                {
+                    "video_id": request.video_id,
+                    "uri": request.uri,
+                    "segment_start_sec": request.start_sec,
+                    "segment_end_sec": request.end_sec,
+                    "duration_sec": info.duration_sec,
+                    "native_fps": info.native_fps,
+                    "width": info.width,
+                    "height": info.height,
+                    "rotation": info.rotation,
+                    "codec": info.codec,
+                    "decoded_frames": info.decoded_frames,
+                    "sampled_frames": info.sampled_frames,
+                    "dropped_tail_frames": info.dropped_tail_frames,
+                    "num_clips": info.num_clips,
+                },
+            ),
+        )
+        self._report(emitted)
+
+    def _report(self, clips: int) -> None:
+        self._done += 1
+        self._clip_total += clips
+        now = time.monotonic()
+        if now - self._last_report >= _PROGRESS_EVERY_SEC:
+            self._last_report = now
+            rate = self._clip_total / (now - self._started)
+            log.info("decoded %d videos, %d clips in this worker (%.2f clips/s)", self._done, self._clip_total, rate)
+
+
+class DecodeClips(beam.PTransform):
+    """PCollection[VideoRequest] -> {clips, info, failures}."""
+
+    def __init__(self, options: DecodeOptions):
+        super().__init__()
+        options.validate()
+        self._options = options
+
+    def expand(self, requests):
+        out = requests | "Decode" >> beam.ParDo(DecodeClipsFn(self._options)).with_outputs(INFO, FAILURES, main="clips")
+        return {"clips": out.clips, INFO: out[INFO], FAILURES: out[FAILURES]}

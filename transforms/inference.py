@@ -1,0 +1,128 @@
+"""Inference with Beam's RunInference and this project's ModelHandler for the S3D module.
+
+Beam's TensorFlow handlers load models with Keras and cannot call a hub module's
+signatures, so `S3DModelHandler` loads through `load_s3d` and calls `embed_video`
+or `embed_text`, the model wrapper's public methods (which also makes it work
+behind Beam's cross-process proxy when the model is shared with `large_model` /
+`model_copies`). Batches that raise go to a failure output, never crash the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, RunInference
+
+from transforms.records import ClipItem, TextItem
+
+Task = Literal["video", "text"]
+_NAMESPACE = "s3d"
+
+
+class S3DModelHandler(ModelHandler[Any, dict, Any]):
+    """Loads an S3D MIL-NCE model once per worker (or per shared copy) and embeds batches.
+
+    Args:
+        model_handle: TF Hub URL, local directory or gs:// path of the module.
+        task: "video" takes ClipItems and yields clip rows with `mixed_5c` and
+            `video_embedding`; "text" takes TextItems and yields rows with `text_embedding`.
+        min_batch_size, max_batch_size: passed to BatchElements.
+        large_model: share one model per machine across processes (GPU workers).
+        model_copies: exact number of shared copies per machine (e.g. one per GPU).
+    """
+
+    def __init__(
+        self,
+        model_handle: str,
+        task: Task = "video",
+        *,
+        min_batch_size: int = 1,
+        max_batch_size: int = 8,
+        large_model: bool = False,
+        model_copies: int | None = None,
+    ):
+        if task not in ("video", "text"):
+            raise ValueError(f"task must be 'video' or 'text', got {task!r}")
+        if not 1 <= min_batch_size <= max_batch_size:
+            raise ValueError(f"need 1 <= min_batch_size <= max_batch_size, got {min_batch_size} and {max_batch_size}")
+        if model_copies is not None and model_copies < 1:
+            raise ValueError(f"model_copies must be >= 1, got {model_copies}")
+        super().__init__(
+            min_batch_size=min_batch_size,
+            max_batch_size=max_batch_size,
+            large_model=large_model,
+            model_copies=model_copies,
+        )
+        self._handle = model_handle
+        self._task = task
+
+    @property
+    def model_handle(self) -> str:
+        return self._handle
+
+    def load_model(self):
+        from s3d.loader import load_s3d  # TensorFlow is imported on the worker, not at graph build
+
+        return load_s3d(self._handle)
+
+    def run_inference(self, batch: Sequence[Any], model, inference_args: dict[str, Any] | None = None) -> Iterable[dict]:
+        if self._task == "video":
+            return self._embed_clips(batch, model)
+        return self._embed_texts(batch, model)
+
+    @staticmethod
+    def _embed_clips(batch: Sequence[ClipItem], model) -> list[dict]:
+        frames = np.stack([item.frames for item in batch])
+        mixed_5c, video_embedding = model.embed_video(frames)
+        return [
+            {**item.metadata(), "mixed_5c": mixed_5c[i], "video_embedding": video_embedding[i]}
+            for i, item in enumerate(batch)
+        ]
+
+    @staticmethod
+    def _embed_texts(batch: Sequence[TextItem], model) -> list[dict]:
+        embeddings = model.embed_text([item.text for item in batch])
+        return [{"text_id": item.text_id, "text": item.text, "text_embedding": embeddings[i]} for i, item in enumerate(batch)]
+
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        if self._task == "video":
+            return sum(item.frames.nbytes for item in batch)
+        return sum(len(item.text.encode("utf-8")) for item in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return f"{_NAMESPACE}_{self._task}"
+
+
+def _failed_batch_rows(failed) -> Iterable[tuple[str, dict]]:
+    """(batch, exception info) from RunInference's dead-letter output -> one (id, failure) per element."""
+    batch, error = failed
+    if isinstance(error, tuple) and error:  # Beam passes (type, message, traceback lines)
+        error_type = getattr(error[0], "__name__", str(error[0]))
+        message = str(error[1]) if len(error) > 1 else ""
+    else:
+        error_type, message = type(error).__name__, str(error)
+    Metrics.counter(_NAMESPACE, "inference_failed_elements").inc(len(batch))
+    for item in batch:
+        key = item.video_id if isinstance(item, ClipItem) else item.text_id
+        yield key, {"error_type": error_type, "message": message[:2000], "item": getattr(item, "clip_index", None)}
+
+
+class Embed(beam.PTransform):
+    """ClipItems or TextItems -> {rows, failures}: RunInference with a dead-letter output.
+
+    `failures` holds (video_id or text_id, {error_type, message, item}) for every
+    element of a batch that raised.
+    """
+
+    def __init__(self, handler: S3DModelHandler):
+        super().__init__()
+        self._handler = handler
+
+    def expand(self, items):
+        rows, dead = items | "RunInference" >> RunInference(self._handler).with_exception_handling()
+        failures = dead.failed_inferences | "PerElementFailures" >> beam.FlatMap(_failed_batch_rows)
+        return {"rows": rows, "failures": failures}

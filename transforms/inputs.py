@@ -1,0 +1,191 @@
+"""Reading the list of videos: a glob of video files, or a manifest (.txt, .csv, .jsonl, .parquet).
+
+`ReadVideoRequests` yields one `VideoRequest` per input video, with a stable
+`video_id`, and a failure row for every manifest row it cannot use. Requests are
+de-duplicated by video_id: the same video listed twice is decoded once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from transforms.records import VideoRequest, derive_video_id, failure_row
+
+MANIFEST_KINDS = {".txt": "txt", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+FAILURES = "failures"
+_NAMESPACE = "s3d"
+
+
+def input_kind(spec: str) -> str:
+    """'glob' for video files, else the manifest kind from the extension."""
+    for suffix, kind in MANIFEST_KINDS.items():
+        if spec.lower().endswith(suffix):
+            return kind
+    return "glob"
+
+
+def check_input(spec: str) -> None:
+    """Fails at launch if --input matches nothing or a manifest lacks a `uri` column.
+
+    Raises:
+        ValueError: naming --input and what is wrong.
+    """
+    matches = FileSystems.match([spec])[0].metadata_list
+    if not matches:
+        raise ValueError(f"--input {spec!r} matches no files")
+    kind = input_kind(spec)
+    if kind == "csv":
+        header = csv_header(matches[0].path)
+        if "uri" not in header:
+            raise ValueError(f"--input {spec!r}: CSV manifest {matches[0].path} has no 'uri' column (columns: {header})")
+    elif kind == "parquet":
+        import pyarrow.parquet as pq
+
+        with FileSystems.open(matches[0].path) as f:
+            names = pq.read_schema(f).names
+        if "uri" not in names:
+            raise ValueError(f"--input {spec!r}: Parquet manifest {matches[0].path} has no 'uri' column (columns: {names})")
+
+
+def csv_header(path: str) -> list[str]:
+    with FileSystems.open(path) as f:
+        first = io.TextIOWrapper(f, encoding="utf-8").readline()
+    return [c.strip() for c in next(csv.reader([first]), [])]
+
+
+def _optional_float(row: dict[str, Any], name: str) -> float | None:
+    value = row.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    number = float(value)
+    if math.isnan(number):
+        return None
+    if number < 0 or not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
+
+
+class ToVideoRequestFn(beam.DoFn):
+    """A manifest row (dict) -> VideoRequest, or a failure row naming what is wrong with it."""
+
+    def __init__(self):
+        self._bad = Metrics.counter(_NAMESPACE, "input_rows_invalid")
+
+    def process(self, row: dict[str, Any]):
+        uri = row.get("uri")
+        uri = uri.strip() if isinstance(uri, str) else uri
+        given_id = row.get("video_id")
+        given_id = str(given_id).strip() if given_id not in (None, "") else None
+        try:
+            if not uri or not isinstance(uri, str):
+                raise ValueError(f"row has no uri: {row!r}")
+            start, end = _optional_float(row, "start_sec"), _optional_float(row, "end_sec")
+            if start is not None and end is not None and end <= start:
+                raise ValueError(f"end_sec must be > start_sec, got [{start}, {end})")
+        except (TypeError, ValueError) as e:
+            self._bad.inc()
+            bad_uri = str(uri or "")
+            yield beam.pvalue.TaggedOutput(
+                FAILURES,
+                failure_row(given_id or derive_video_id(bad_uri or json.dumps(row, default=str, sort_keys=True)),
+                            bad_uri, "input", type(e).__name__, str(e)),
+            )
+            return
+        yield VideoRequest(given_id or derive_video_id(uri, start, end), uri, start, end)
+
+
+class _ParseLineFn(beam.DoFn):
+    """A manifest line -> row dict; a line that does not parse becomes a failure row."""
+
+    def __init__(self, kind: str, header: list[str] | None):
+        self._kind = kind
+        self._header = header
+
+    def process(self, line: str):
+        if not line.strip() or (self._kind == "txt" and line.lstrip().startswith("#")):
+            return
+        try:
+            if self._kind == "txt":
+                yield {"uri": line.strip()}
+            elif self._kind == "jsonl":
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError(f"a JSON Lines manifest row must be an object, got {type(row).__name__}")
+                yield row
+            else:
+                values = next(csv.reader([line]))
+                if len(values) != len(self._header):
+                    raise ValueError(f"{len(values)} fields where the header has {len(self._header)}")
+                yield dict(zip(self._header, values, strict=True))
+        except ValueError as e:
+            Metrics.counter(_NAMESPACE, "input_rows_invalid").inc()
+            yield beam.pvalue.TaggedOutput(
+                FAILURES, failure_row(derive_video_id(line), "", "input", type(e).__name__, f"{e}: {line[:200]!r}")
+            )
+
+
+class _KeepFirstFn(beam.DoFn):
+    """Of requests sharing a video_id: one goes on; exact repeats are counted, conflicting ones fail."""
+
+    def __init__(self):
+        self._repeats = Metrics.counter(_NAMESPACE, "input_duplicates")
+
+    def process(self, keyed):
+        video_id, requests = keyed
+        requests = sorted(set(requests), key=lambda r: (r.uri, r.start_sec or 0.0, r.end_sec or math.inf))
+        yield requests[0]
+        for other in requests[1:]:
+            yield beam.pvalue.TaggedOutput(
+                FAILURES,
+                failure_row(video_id, other.uri, "input", "DuplicateVideoId",
+                            f"video_id {video_id!r} is already used by {requests[0].uri!r}"),
+            )
+
+
+class ReadVideoRequests(beam.PTransform):
+    """--input -> PCollection[VideoRequest] (main) and failure rows (tag `failures`)."""
+
+    def __init__(self, spec: str):
+        super().__init__()
+        self._spec = spec
+        self._kind = input_kind(spec)
+        # A CSV header is read when the graph is built, so a bad manifest fails at launch.
+        self._header = csv_header(FileSystems.match([spec])[0].metadata_list[0].path) if self._kind == "csv" else None
+
+    def expand(self, pbegin):
+        failures = []
+        if self._kind == "glob":
+            rows = (
+                pbegin
+                | "MatchVideos" >> fileio.MatchFiles(self._spec)
+                | "FileToRow" >> beam.Map(lambda m: {"uri": m.path})
+            )
+        elif self._kind == "parquet":
+            rows = pbegin | "ReadParquetManifest" >> beam.io.ReadFromParquet(self._spec)
+        else:
+            lines = pbegin | "ReadManifest" >> beam.io.ReadFromText(self._spec, skip_header_lines=1 if self._kind == "csv" else 0)
+            parsed = lines | "ParseRows" >> beam.ParDo(_ParseLineFn(self._kind, self._header)).with_outputs(FAILURES, main="rows")
+            rows = parsed.rows
+            failures.append(parsed[FAILURES])
+        requests = rows | "ToRequests" >> beam.ParDo(ToVideoRequestFn()).with_outputs(FAILURES, main="requests")
+        failures.append(requests[FAILURES])
+        unique = (
+            requests.requests
+            | "KeyById" >> beam.Map(lambda r: (r.video_id, r))
+            | "GroupById" >> beam.GroupByKey()
+            | "KeepFirst" >> beam.ParDo(_KeepFirstFn()).with_outputs(FAILURES, main="requests")
+        )
+        failures.append(unique[FAILURES])
+        return {
+            "requests": unique.requests,
+            FAILURES: tuple(failures) | "FlattenInputFailures" >> beam.Flatten(),
+        }

@@ -1,0 +1,114 @@
+"""The output tables: Arrow schemas, run metadata in every file, and the Parquet writer.
+
+Each table is a directory of Parquet shards under the run's output prefix
+(`PREFIX/clips/clips-00000-of-00004.parquet`, ...). Every file carries the run's
+parameters (model handle, preprocessing, package version) as key-value metadata
+under `s3d.run`, so a file read alone still says how its features were made.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+
+from s3d.architecture import EMBEDDING_DIM, MIXED_5C_DIM
+
+METADATA_KEY = b"s3d.run"
+TABLES = ("clips", "videos", "failures", "texts")
+
+
+def _embedding(dim: int) -> pa.DataType:
+    return pa.list_(pa.float32(), dim)
+
+
+CLIPS_SCHEMA = pa.schema([
+    ("video_id", pa.string()),
+    ("uri", pa.string()),
+    ("clip_index", pa.int32()),
+    ("start_sec", pa.float64()),
+    ("end_sec", pa.float64()),
+    ("num_frames", pa.int32()),
+    ("padded", pa.bool_()),
+    ("mixed_5c", _embedding(MIXED_5C_DIM)),
+    ("video_embedding", _embedding(EMBEDDING_DIM)),
+])
+
+VIDEOS_SCHEMA = pa.schema([
+    ("video_id", pa.string()),
+    ("uri", pa.string()),
+    ("segment_start_sec", pa.float64()),
+    ("segment_end_sec", pa.float64()),
+    ("duration_sec", pa.float64()),
+    ("native_fps", pa.float64()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("rotation", pa.int32()),
+    ("codec", pa.string()),
+    ("decoded_frames", pa.int64()),
+    ("sampled_frames", pa.int64()),
+    ("dropped_tail_frames", pa.int32()),
+    ("num_clips", pa.int32()),
+    ("mixed_5c", _embedding(MIXED_5C_DIM)),
+    ("video_embedding", _embedding(EMBEDDING_DIM)),
+])
+
+FAILURES_SCHEMA = pa.schema([
+    ("video_id", pa.string()),
+    ("uri", pa.string()),
+    ("stage", pa.string()),  # input | open | decode | inference | assemble
+    ("error_type", pa.string()),
+    ("message", pa.string()),
+    ("transient", pa.bool_()),
+    ("clips_kept", pa.int32()),  # clips of this video that are in the clips table all the same
+])
+
+TEXTS_SCHEMA = pa.schema([
+    ("text_id", pa.string()),
+    ("text", pa.string()),
+    ("known_words", pa.int32()),
+    ("text_embedding", _embedding(EMBEDDING_DIM)),
+])
+
+SCHEMAS = {"clips": CLIPS_SCHEMA, "videos": VIDEOS_SCHEMA, "failures": FAILURES_SCHEMA, "texts": TEXTS_SCHEMA}
+
+
+def table_prefix(output_prefix: str, table: str) -> str:
+    """The shard prefix of a table: PREFIX/TABLE/TABLE (shards add -SSSSS-of-NNNNN.parquet)."""
+    return f"{output_prefix.rstrip('/')}/{table}/{table}"
+
+
+def table_glob(output_prefix: str, table: str) -> str:
+    return f"{table_prefix(output_prefix, table)}-*.parquet"
+
+
+def with_run_metadata(schema: pa.Schema, run_metadata: dict[str, Any]) -> pa.Schema:
+    return schema.with_metadata({METADATA_KEY: json.dumps(run_metadata, sort_keys=True).encode("utf-8")})
+
+
+def read_run_metadata(schema: pa.Schema) -> dict[str, Any]:
+    """The run metadata stored in a file's schema, or {} if it has none."""
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    return json.loads(raw) if raw else {}
+
+
+class WriteTable(beam.PTransform):
+    """Writes rows (dicts) to one table as sharded Parquet, finalized atomically by Beam's file sink."""
+
+    def __init__(self, output_prefix: str, table: str, run_metadata: dict[str, Any]):
+        super().__init__()
+        if table not in SCHEMAS:
+            raise ValueError(f"unknown table {table!r}; one of {sorted(SCHEMAS)}")
+        self._prefix = table_prefix(output_prefix, table)
+        self._schema = with_run_metadata(SCHEMAS[table], run_metadata)
+
+    def expand(self, rows):
+        return rows | beam.io.WriteToParquet(
+            self._prefix,
+            schema=self._schema,
+            file_name_suffix=".parquet",
+            codec="snappy",
+            record_batch_size=256,
+        )
