@@ -33,7 +33,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP) $(STANDIN)/saved_model.pb
-	$(PY) -m s3d.inspect $(STANDIN) --smoke
+	$(PY) -m pipeline.demo --model $(STANDIN)
 
 bench: $(STAMP) $(STANDIN)/saved_model.pb
 	$(PY) -m benchmarks.run --model $(STANDIN) --output BENCHMARKS.md

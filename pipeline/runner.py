@@ -32,7 +32,7 @@ _NOISE = ("apitools not found", "Resource module is not available")
 
 def configure_logging() -> None:
     """INFO for this project's progress lines; Beam's own chatter at WARNING, minus known noise."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     logging.getLogger().addFilter(lambda record: not record.getMessage().startswith(_NOISE))
 

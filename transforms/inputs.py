@@ -141,7 +141,10 @@ class _KeepFirstFn(beam.DoFn):
 
     def process(self, keyed):
         video_id, requests = keyed
-        requests = sorted(set(requests), key=lambda r: (r.uri, r.start_sec or 0.0, r.end_sec or math.inf))
+        requests = list(requests)
+        distinct = sorted(set(requests), key=lambda r: (r.uri, r.start_sec or 0.0, r.end_sec or math.inf))
+        self._repeats.inc(len(requests) - len(distinct))
+        requests = distinct
         yield requests[0]
         for other in requests[1:]:
             yield beam.pvalue.TaggedOutput(

@@ -1,0 +1,223 @@
+"""The extraction job end to end on the local runner, with generated videos and the stand-in model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import extract
+from pipeline.runner import read_summary
+from synthetic.videos import write_audio_only, write_video
+from transforms.records import derive_video_id
+from transforms.tables import CLIPS_SCHEMA, FAILURES_SCHEMA, METADATA_KEY, VIDEOS_SCHEMA
+from transforms.video_decode import ClipReader, DecodeOptions
+
+FAST = ["--size", "64", "--frames_per_clip", "8", "--fps", "5"]
+DECODE = DecodeOptions(size=64, frames_per_clip=8, fps=5)
+
+
+def read_table(prefix: str, table: str) -> pa.Table:
+    return ds.dataset(os.path.join(prefix, table), format="parquet").to_table()
+
+
+def write_manifest(path: str, rows: list[dict]) -> str:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["video_id", "uri", "start_sec", "end_sec"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("videos")
+    good = {
+        "a": write_video(str(d / "a.mp4"), 60, fps=20, width=96, height=64),
+        "b": write_video(str(d / "b.webm"), 40, fps=10, width=64, height=80, codec="libvpx-vp9"),
+        "c": write_video(str(d / "c.mkv"), 25, fps=25, width=70, height=50, codec="mjpeg", pix_fmt="yuvj420p"),
+    }
+    text = d / "text.mp4"
+    text.write_text("not a video\n" * 50)
+    zero = d / "zero.mp4"
+    zero.write_bytes(b"")
+    audio = write_audio_only(str(d / "audio.mp4"))
+    rows = [
+        {"video_id": "a", "uri": good["a"]},
+        {"video_id": "b", "uri": good["b"]},
+        {"video_id": "", "uri": good["c"]},  # id derived from the URI
+        {"video_id": "a_seg", "uri": good["a"], "start_sec": "1.0", "end_sec": "2.6"},
+        {"video_id": "a", "uri": good["a"]},  # exact repeat: decoded once
+        {"video_id": "text", "uri": str(text)},
+        {"video_id": "zero", "uri": str(zero)},
+        {"video_id": "audio", "uri": audio},
+        {"video_id": "missing", "uri": str(d / "missing.mp4")},
+        {"video_id": "backwards", "uri": good["b"], "start_sec": "3", "end_sec": "1"},
+        {"video_id": "b", "uri": good["c"]},  # same id, another video: a failure, not a silent overwrite
+    ]
+    manifest = write_manifest(str(d / "manifest.csv"), rows)
+    return {"dir": d, "good": good, "manifest": manifest}
+
+
+@pytest.fixture(scope="module")
+def run(corpus, standin_dir, tmp_path_factory):
+    prefix = str(tmp_path_factory.mktemp("out") / "run")
+    assert extract.main(["--input", corpus["manifest"], "--output_prefix", prefix, "--model", standin_dir, *FAST]) == 0
+    return prefix
+
+
+def test_every_input_is_in_exactly_one_of_videos_or_failures(run, corpus):
+    videos = read_table(run, "videos").column("video_id").to_pylist()
+    failures = read_table(run, "failures").to_pylist()
+    c_id = derive_video_id(corpus["good"]["c"])
+    assert sorted(videos) == sorted(["a", "b", c_id, "a_seg"])
+    by_id = {}
+    for f in failures:
+        by_id.setdefault(f["video_id"], []).append(f)
+    assert set(by_id) == {"text", "zero", "audio", "missing", "backwards", "b"}
+    assert not set(videos) & (set(by_id) - {"b"})  # "b" is both: the good video, and the conflicting repeat
+    stages = {k: (v[0]["stage"], v[0]["error_type"]) for k, v in by_id.items()}
+    assert stages["text"] == ("open", "OpenError")
+    assert stages["zero"] == ("open", "OpenError") and "empty file" in by_id["zero"][0]["message"]
+    assert stages["audio"] == ("open", "NoVideoStreamError")
+    assert stages["missing"] == ("open", "OpenError") and "no such file" in by_id["missing"][0]["message"]
+    assert stages["backwards"] == ("input", "ValueError") and "end_sec" in by_id["backwards"][0]["message"]
+    assert stages["b"] == ("input", "DuplicateVideoId")
+    assert by_id["b"][0]["uri"] == corpus["good"]["c"]
+
+
+def test_clip_rows_match_the_decoder_and_the_model(run, corpus, standin_model):
+    clips = read_table(run, "clips")
+    assert clips.schema.remove_metadata().equals(CLIPS_SCHEMA)
+    rows = sorted(clips.to_pylist(), key=lambda r: (r["video_id"], r["clip_index"]))
+    expected = []
+    for video_id, uri, start, end in [("a", corpus["good"]["a"], None, None), ("a_seg", corpus["good"]["a"], 1.0, 2.6),
+                                      ("b", corpus["good"]["b"], None, None)]:
+        for clip in ClipReader(uri, DECODE, start, end):
+            expected.append((video_id, clip))
+    got = [r for r in rows if r["video_id"] in ("a", "a_seg", "b")]
+    assert len(got) == len(expected) == 6  # at 5 fps, a: 15 samples -> 2 clips; a_seg: 8 -> 1; b: 20 -> 3
+    frames = np.stack([clip.frames for _, clip in expected])
+    mixed_5c, embedding = standin_model.embed_video(frames)
+    for i, (row, (video_id, clip)) in enumerate(zip(got, expected, strict=True)):
+        assert (row["video_id"], row["clip_index"], row["num_frames"], row["padded"]) == (
+            video_id, clip.clip_index, clip.num_frames, clip.padded)
+        assert row["start_sec"] == pytest.approx(clip.start_sec) and row["end_sec"] == pytest.approx(clip.end_sec)
+        np.testing.assert_allclose(row["mixed_5c"], mixed_5c[i], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(row["video_embedding"], embedding[i], rtol=1e-4, atol=1e-5)
+
+
+def test_video_rows_hold_metadata_and_mean_embeddings(run, corpus):
+    videos = {r["video_id"]: r for r in read_table(run, "videos").to_pylist()}
+    clips = read_table(run, "clips").to_pylist()
+    assert len(videos) == 4
+    for video_id, video in videos.items():
+        mine = [c for c in clips if c["video_id"] == video_id]
+        assert len(mine) == video["num_clips"] > 0
+        np.testing.assert_allclose(video["video_embedding"], np.mean([c["video_embedding"] for c in mine], axis=0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(video["mixed_5c"], np.mean([c["mixed_5c"] for c in mine], axis=0), rtol=1e-5, atol=1e-6)
+    a = videos["a"]
+    assert (a["width"], a["height"], a["codec"], a["native_fps"], a["decoded_frames"]) == (96, 64, "h264", 20.0, 60)
+    assert a["duration_sec"] == pytest.approx(3.0)
+    assert (videos["a_seg"]["segment_start_sec"], videos["a_seg"]["segment_end_sec"]) == (1.0, 2.6)
+    assert videos["b"]["codec"] in ("vp9", "libvpx-vp9")
+
+
+def test_tables_read_back_with_pyarrow_and_duckdb(run, standin_dir):
+    duckdb = pytest.importorskip("duckdb")
+    for table, schema in (("clips", CLIPS_SCHEMA), ("videos", VIDEOS_SCHEMA), ("failures", FAILURES_SCHEMA)):
+        files = sorted(os.listdir(os.path.join(run, table)))
+        assert files and all(f.startswith(f"{table}-") and f.endswith(".parquet") for f in files)
+        file_schema = pq.read_schema(os.path.join(run, table, files[0]))
+        assert file_schema.remove_metadata().equals(schema)
+        metadata = json.loads(file_schema.metadata[METADATA_KEY])
+        assert metadata["model"] == standin_dir
+        assert metadata["preprocessing"] == {"fps": 5.0, "frames_per_clip": 8, "stride": 8, "num_clips": None,
+                                             "size": 64, "crop": "center", "tail": "pad"}
+    con = duckdb.connect()
+    top = con.execute(
+        f"SELECT video_id, count(*) AS n, max(end_sec) FROM read_parquet('{run}/clips/*.parquet') GROUP BY video_id ORDER BY video_id"
+    ).fetchall()
+    assert [(v, n) for v, n, _ in top if v in ("a", "a_seg", "b")] == [("a", 2), ("a_seg", 1), ("b", 3)]
+    dims = con.execute(f"SELECT DISTINCT len(video_embedding), len(mixed_5c) FROM read_parquet('{run}/videos/*.parquet')").fetchall()
+    assert dims == [(512, 1024)]
+
+
+def test_run_summary_is_written_last_with_counts(run):
+    summary = read_summary(run)
+    assert summary["status"] == "complete"
+    assert summary["counts"]["videos_ok"] == 4 and summary["counts"]["videos_failed"] == 6
+    assert summary["counts"]["input_duplicates"] == 1
+    assert summary["counts"]["clips"] == read_table(run, "clips").num_rows
+    reasons = {(r["stage"], r["error_type"]): r["count"] for r in summary["failure_reasons"]}
+    assert reasons[("open", "OpenError")] == 3
+    assert summary["preprocessing"]["size"] == 64 and summary["wall_seconds"] > 0
+
+
+def test_multi_process_run_gives_the_same_rows(run, corpus, standin_dir, tmp_path):
+    prefix = str(tmp_path / "mp")
+    status = extract.main([
+        "--input", corpus["manifest"], "--output_prefix", prefix, "--model", standin_dir, *FAST,
+        "--direct_running_mode", "multi_processing", "--direct_num_workers", "2",
+    ])
+    assert status == 0
+
+    def rows(p):
+        return sorted(read_table(p, "clips").to_pylist(), key=lambda r: (r["video_id"], r["clip_index"]))
+
+    first, second = rows(run), rows(prefix)
+    assert len(first) == len(second) > 0
+    for x, y in zip(first, second, strict=True):
+        features = ("mixed_5c", "video_embedding")
+        assert {k: v for k, v in x.items() if k not in features} == {k: v for k, v in y.items() if k not in features}
+        np.testing.assert_allclose(x["video_embedding"], y["video_embedding"], rtol=1e-5, atol=1e-6)
+    assert sorted(read_table(prefix, "failures").column("video_id").to_pylist()) == \
+        sorted(read_table(run, "failures").column("video_id").to_pylist())
+
+
+def test_rerun_into_the_same_prefix_replaces_the_output(corpus, standin_dir, tmp_path):
+    prefix = str(tmp_path / "again")
+    glob_all = os.path.join(str(corpus["dir"]), "*.mp4")
+    assert extract.main(["--input", glob_all, "--output_prefix", prefix, "--model", standin_dir, *FAST]) == 0
+    assert read_table(prefix, "videos").num_rows == 1  # a.mp4; the other .mp4 files are broken
+    only_b = write_manifest(str(tmp_path / "b.csv"), [{"video_id": "b", "uri": corpus["good"]["b"]}])
+    assert extract.main(["--input", only_b, "--output_prefix", prefix, "--model", standin_dir, *FAST]) == 0
+    assert read_table(prefix, "videos").column("video_id").to_pylist() == ["b"]
+    assert read_table(prefix, "failures").num_rows == 0
+    assert {r["video_id"] for r in read_table(prefix, "clips").to_pylist()} == {"b"}
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--fps", "-2"], "--fps must be > 0"),
+        (["--frames_per_clip", "7"], "--frames_per_clip must be even"),
+        (["--size", "225"], "--size must be an even number"),
+        (["--stride", "4", "--num_clips", "3"], "--num_clips and stride exclude each other"),
+        (["--batch_size", "0"], "--batch_size must be >= 1"),
+        (["--decode_threads", "-1"], "--decode_threads must be >= 0"),
+    ],
+)
+def test_bad_options_fail_before_the_pipeline_starts(corpus, tmp_path, capsys, args, message):
+    prefix = str(tmp_path / "never")
+    assert extract.main(["--input", corpus["manifest"], "--output_prefix", prefix, *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(prefix)
+
+
+def test_bad_inputs_fail_at_launch(tmp_path, capsys):
+    assert extract.main(["--input", str(tmp_path / "nothing*.mp4"), "--output_prefix", str(tmp_path / "o")]) == 2
+    assert "matches no files" in capsys.readouterr().err
+    bad_csv = tmp_path / "m.csv"
+    bad_csv.write_text("path,id\n/x.mp4,1\n")
+    assert extract.main(["--input", str(bad_csv), "--output_prefix", str(tmp_path / "o")]) == 2
+    assert "no 'uri' column" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        extract.main(["--input", str(bad_csv), "--fps", "fast"])
+    assert "--fps takes a number or 'native'" in capsys.readouterr().err

@@ -1,0 +1,179 @@
+"""Beam building blocks in isolation: input parsing, the decode DoFn, inference failures, assembly."""
+
+from __future__ import annotations
+
+import json
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to, is_not_empty
+
+from synthetic.videos import write_video
+from transforms.assemble import AssembleVideos
+from transforms.decode import FAILURES, INFO, DecodeClipsFn
+from transforms.inference import Embed, S3DModelHandler
+from transforms.inputs import ReadVideoRequests, input_kind
+from transforms.records import ClipItem, VideoRequest, derive_video_id
+from transforms.video_decode import DecodeOptions
+
+LOCAL = ["--runner", "DirectRunner"]
+
+
+def local_pipeline() -> TestPipeline:
+    from pipeline.runner import create_pipeline
+
+    options = TestPipeline(argv=LOCAL).get_pipeline_options()
+    pipeline = create_pipeline(options)
+    return TestPipeline(runner=pipeline.runner, options=options)
+
+
+# ---- inputs --------------------------------------------------------------------------------------
+
+
+def test_input_kinds():
+    assert input_kind("gs://b/videos/*.mp4") == "glob"
+    assert [input_kind(f"m{s}") for s in (".txt", ".csv", ".jsonl", ".parquet")] == ["txt", "csv", "jsonl", "parquet"]
+
+
+def test_video_ids_are_stable_and_segment_aware():
+    assert derive_video_id("gs://b/x.mp4") == derive_video_id("gs://b/x.mp4")
+    assert derive_video_id("gs://b/x.mp4") != derive_video_id("gs://b/y.mp4")
+    assert derive_video_id("gs://b/x.mp4", 1.0, 2.0) != derive_video_id("gs://b/x.mp4")
+
+
+def test_txt_manifest(tmp_path):
+    manifest = tmp_path / "list.txt"
+    manifest.write_text("# a comment\n/v/a.mp4\n\n  /v/b.mp4  \n/v/a.mp4\n")
+    with local_pipeline() as p:
+        out = p | ReadVideoRequests(str(manifest))
+        assert_that(out["requests"], equal_to([
+            VideoRequest(derive_video_id("/v/a.mp4"), "/v/a.mp4"), VideoRequest(derive_video_id("/v/b.mp4"), "/v/b.mp4"),
+        ]), label="Requests")
+        assert_that(out["failures"], equal_to([]), label="NoFailures")
+
+
+def test_jsonl_manifest_with_bad_rows(tmp_path):
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text("\n".join([
+        json.dumps({"uri": "/v/a.mp4", "video_id": "a", "start_sec": 2, "end_sec": 4.5}),
+        "{not json",
+        json.dumps(["a list"]),
+        json.dumps({"video_id": "nouri"}),
+        json.dumps({"uri": "/v/b.mp4", "start_sec": "-1"}),
+    ]) + "\n")
+    with local_pipeline() as p:
+        out = p | ReadVideoRequests(str(manifest))
+        assert_that(out["requests"], equal_to([VideoRequest("a", "/v/a.mp4", 2.0, 4.5)]), label="Requests")
+        stages = out["failures"] | beam.Map(lambda f: (f["stage"], f["error_type"]))
+        assert_that(stages, equal_to([("input", "JSONDecodeError"), ("input", "ValueError"), ("input", "ValueError"),
+                                      ("input", "ValueError")]), label="Failures")
+
+
+def test_parquet_manifest(tmp_path):
+    path = str(tmp_path / "m.parquet")
+    pq.write_table(pa.table({"uri": ["/v/a.mp4", "/v/b.mp4"], "video_id": ["a", None], "start_sec": [None, 1.5]}), path)
+    with local_pipeline() as p:
+        out = p | ReadVideoRequests(path)
+        assert_that(out["requests"], equal_to([
+            VideoRequest("a", "/v/a.mp4"), VideoRequest(derive_video_id("/v/b.mp4", 1.5, None), "/v/b.mp4", 1.5, None),
+        ]))
+
+
+# ---- the decode DoFn, called directly ------------------------------------------------------------
+
+
+def test_decode_fn_outputs_clips_then_info(tmp_path):
+    path = write_video(str(tmp_path / "v.mp4"), 30, fps=10, width=64, height=48)
+    fn = DecodeClipsFn(DecodeOptions(fps=10, frames_per_clip=8, size=32))
+    fn.setup()
+    out = list(fn.process(VideoRequest("v", path)))
+    clips = [o for o in out if isinstance(o, ClipItem)]
+    tagged = [o for o in out if isinstance(o, beam.pvalue.TaggedOutput)]
+    assert [c.clip_index for c in clips] == [0, 1, 2, 3] and clips[-1].padded
+    assert clips[0].frames.dtype == np.uint8 and clips[0].frames.shape == (8, 32, 32, 3)
+    assert len(tagged) == 1 and tagged[0].tag == INFO
+    video_id, info = tagged[0].value
+    assert video_id == "v" and info["num_clips"] == 4 and info["decoded_frames"] == 30
+
+
+def test_decode_fn_turns_a_broken_video_into_a_failure(tmp_path):
+    path = tmp_path / "bad.mp4"
+    path.write_bytes(b"\x00" * 1000)
+    fn = DecodeClipsFn(DecodeOptions())
+    fn.setup()
+    out = list(fn.process(VideoRequest("bad", str(path))))
+    assert len(out) == 1 and out[0].tag == FAILURES
+    row = out[0].value
+    assert (row["video_id"], row["stage"], row["error_type"], row["clips_kept"]) == ("bad", "open", "OpenError", 0)
+
+
+# ---- inference failures and assembly -------------------------------------------------------------
+
+
+class _FakeModel:
+    """Fails on clips of video 'poison'; embeds others with their mean pixel value."""
+
+    def embed_video(self, frames):
+        means = frames.reshape(len(frames), -1).mean(axis=1).astype(np.float32)
+        return np.repeat(means[:, None], 1024, axis=1), np.repeat(means[:, None], 512, axis=1)
+
+
+class _FlakyHandler(S3DModelHandler):
+    def load_model(self):
+        return _FakeModel()
+
+    def run_inference(self, batch, model, inference_args=None):
+        if any(item.video_id == "poison" for item in batch):
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return super().run_inference(batch, model, inference_args)
+
+
+def _clip(video_id: str, index: int, value: int) -> ClipItem:
+    return ClipItem(video_id, f"/v/{video_id}.mp4", index, index * 3.2, index * 3.2 + 3.2, 32, False,
+                    np.full((2, 4, 4, 3), value, np.uint8))
+
+
+def test_inference_failures_become_failure_rows_and_good_videos_assemble():
+    clips = [_clip("good", 0, 10), _clip("good", 1, 30), _clip("poison", 0, 50), _clip("poison", 1, 70)]
+    info = [(v, {"video_id": v, "uri": f"/v/{v}.mp4", "num_clips": 2}) for v in ("good", "poison")]
+    with local_pipeline() as p:
+        embedded = p | "Clips" >> beam.Create(clips) | Embed(_FlakyHandler("unused", max_batch_size=1))
+        assembled = {
+            "clip_rows": embedded["rows"], "info": p | "Info" >> beam.Create(info), "inference_failures": embedded["failures"],
+        } | AssembleVideos()
+        videos = assembled["videos"] | "VideoMeans" >> beam.Map(lambda r: (r["video_id"], float(r["video_embedding"][0])))
+        assert_that(videos, equal_to([("good", 20.0)]), label="Videos")
+        failures = assembled["failures"] | "FailureRows" >> beam.Map(
+            lambda r: (r["video_id"], r["stage"], r["error_type"], r["clips_kept"], "out of memory" in r["message"]))
+        assert_that(failures, equal_to([("poison", "inference", "RuntimeError", 0, True)]), label="Failures")
+        assert_that(embedded["rows"], is_not_empty(), label="SomeRows")
+
+
+def test_handler_validates_its_arguments():
+    with pytest.raises(ValueError, match="task"):
+        S3DModelHandler("m", "audio")
+    with pytest.raises(ValueError, match="min_batch_size"):
+        S3DModelHandler("m", min_batch_size=4, max_batch_size=2)
+    handler = S3DModelHandler("m", max_batch_size=16, large_model=True)
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 1, "max_batch_size": 16}
+    assert handler.share_model_across_processes()
+
+
+def test_shared_model_proxy_calls_public_methods(standin_dir):
+    """With large_model, Beam hands run_inference a cross-process proxy: only public methods work."""
+    from apache_beam.utils.multi_process_shared import MultiProcessShared
+
+    handler = S3DModelHandler(standin_dir, large_model=True)
+    shared = MultiProcessShared(handler.load_model, tag=f"s3d-test-{id(handler)}", always_proxy=True)
+    proxy = shared.acquire()
+    try:
+        items = [_clip("v", 0, 0)]
+        items[0].frames = np.zeros((16, 32, 32, 3), np.uint8)
+        rows = list(handler.run_inference(items, proxy))
+        assert rows[0]["mixed_5c"].shape == (1024,) and rows[0]["video_embedding"].shape == (512,)
+    finally:
+        shared.release(proxy)
