@@ -40,6 +40,8 @@ setup(
     entry_points={
         "console_scripts": [
             "s3d-export=s3d.export:main",
+            "s3d-inspect=s3d.inspect:main",
+            "s3d-extract=pipeline.extract:main",
         ],
     },
 )

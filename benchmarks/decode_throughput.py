@@ -26,6 +26,7 @@ SOURCES = {
     # name: (width, height, codec, pix_fmt, seconds, fps)
     "720p_h264": (1280, 720, "libx264", "yuv420p", 60, 30),
     "480p_mpeg4": (854, 480, "mpeg4", "yuv420p", 60, 30),
+    "480p_mpeg4_30s": (854, 480, "mpeg4", "yuv420p", 30, 30),
     "360p_h264_10min": (640, 360, "libx264", "yuv420p", 600, 30),
     "360p_h264_1min": (640, 360, "libx264", "yuv420p", 60, 30),
 }

@@ -82,7 +82,7 @@ def build_pipeline(p: beam.Pipeline, opts: ExtractOptions, model: ModelOptions) 
     decoded = (
         inputs["requests"]
         | "Reshuffle" >> beam.Reshuffle()  # spread decoding over workers
-        | "DecodeClips" >> DecodeClips(opts.decode_options())
+        | "DecodeClips" >> DecodeClips(opts.decode_options(), opts.decode_prefetch)
     )
     embedded = decoded["clips"] | "EmbedClips" >> Embed(handler)
     assembled = {

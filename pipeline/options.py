@@ -90,8 +90,12 @@ class ExtractOptions(PipelineOptions):
                            help=f"longest video decoded, seconds (default: {_DEFAULTS.max_duration_sec:g})")
         group.add_argument("--max_seconds_per_video", type=float, default=_DEFAULTS.max_seconds_per_video,
                            help=f"wall-clock budget to decode one video (default: {_DEFAULTS.max_seconds_per_video:g})")
+        group = parser.add_argument_group("decoding")
         group.add_argument("--decode_threads", type=int, default=_DEFAULTS.threads,
                            help="decoder threads per video, 0 = one per core (default: 0)")
+        group.add_argument("--decode_prefetch", type=int, default=2,
+                           help="clips decoded ahead in a background thread while the model runs; "
+                           "0 = decode inline (default: 2)")
 
     def decode_options(self) -> DecodeOptions:
         """The decoder's options; ValueError names the flag."""
@@ -109,6 +113,8 @@ class ExtractOptions(PipelineOptions):
             raise ValueError(f"--{message}") from e
 
     def validate_extract(self) -> None:
+        if self.decode_prefetch is None or self.decode_prefetch < 0:
+            raise ValueError(f"--decode_prefetch must be >= 0, got {self.decode_prefetch}")
         if not self.input:
             raise ValueError("--input is required: a glob of videos or a manifest")
         if not self.output_prefix:

@@ -177,3 +177,53 @@ def test_shared_model_proxy_calls_public_methods(standin_dir):
         assert rows[0]["mixed_5c"].shape == (1024,) and rows[0]["video_embedding"].shape == (512,)
     finally:
         shared.release(proxy)
+
+
+# ---- prefetch ------------------------------------------------------------------------------------
+
+
+def test_prefetch_keeps_order_and_bounds_the_lead():
+    from transforms.prefetch import prefetch
+
+    produced = []
+
+    def items():
+        for i in range(20):
+            produced.append(i)
+            yield i
+
+    seen = []
+    for item in prefetch(items(), depth=2):
+        seen.append(item)
+        if item == 5:
+            import time
+
+            time.sleep(0.2)  # give the producer time to run ahead as far as it may
+            assert len(produced) <= 5 + 1 + 2 + 1  # consumed, the queue (2) and one blocked in put
+    assert seen == list(range(20))
+
+
+def test_prefetch_reraises_the_producers_error_after_its_items():
+    from transforms.prefetch import prefetch
+
+    def items():
+        yield 1
+        yield 2
+        raise OSError("disk went away")
+
+    got = []
+    with pytest.raises(OSError, match="disk went away"):
+        for item in prefetch(items(), depth=4):
+            got.append(item)
+    assert got == [1, 2]
+
+
+def test_prefetch_releases_the_producer_when_the_consumer_stops():
+    import threading
+
+    from transforms.prefetch import prefetch
+
+    stream = prefetch(iter(range(10**9)), depth=1)
+    assert next(stream) == 0
+    stream.close()  # as when a downstream step raises
+    assert not any(t.name == "prefetch" and t.is_alive() for t in threading.enumerate())

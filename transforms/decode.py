@@ -14,6 +14,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms.errors import VideoError
+from transforms.prefetch import prefetch
 from transforms.records import ClipItem, VideoRequest, failure_row
 from transforms.video_decode import ClipReader, DecodeOptions
 
@@ -26,8 +27,11 @@ log = logging.getLogger(__name__)
 
 
 class DecodeClipsFn(beam.DoFn):
-    def __init__(self, options: DecodeOptions):
+    """Decodes one video per call; `prefetch` clips are decoded ahead in a thread while the model runs."""
+
+    def __init__(self, options: DecodeOptions, prefetch: int = 2):
         self._options = options
+        self._prefetch = prefetch
 
     def setup(self):
         self._videos_ok = Metrics.counter(_NAMESPACE, "videos_decoded")
@@ -54,7 +58,7 @@ class DecodeClipsFn(beam.DoFn):
         reader = ClipReader(request.uri, self._options, request.start_sec, request.end_sec)
         emitted = 0
         try:
-            for clip in reader:
+            for clip in prefetch(reader, self._prefetch):
                 emitted += 1
                 self._padded.inc(int(clip.padded))
                 yield ClipItem(
@@ -120,11 +124,14 @@ class DecodeClipsFn(beam.DoFn):
 class DecodeClips(beam.PTransform):
     """PCollection[VideoRequest] -> {clips, info, failures}."""
 
-    def __init__(self, options: DecodeOptions):
+    def __init__(self, options: DecodeOptions, prefetch: int = 2):
         super().__init__()
         options.validate()
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         self._options = options
+        self._prefetch = prefetch
 
     def expand(self, requests):
-        out = requests | "Decode" >> beam.ParDo(DecodeClipsFn(self._options)).with_outputs(INFO, FAILURES, main="clips")
+        out = requests | "Decode" >> beam.ParDo(DecodeClipsFn(self._options, self._prefetch)).with_outputs(INFO, FAILURES, main="clips")
         return {"clips": out.clips, INFO: out[INFO], FAILURES: out[FAILURES]}
