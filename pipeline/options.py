@@ -11,6 +11,7 @@ import argparse
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from s3d.loader import DEFAULT_HANDLE
+from transforms.inference import S3DModelHandler
 from transforms.video_decode import CROP_MODES, TAIL_POLICIES, DecodeOptions
 
 _DEFAULTS = DecodeOptions()
@@ -33,15 +34,22 @@ class ModelOptions(PipelineOptions):
         parser.add_argument("--model", default=DEFAULT_HANDLE,
                             help="S3D MIL-NCE module: TF Hub URL, local SavedModel directory or gs:// path "
                             f"(default: {DEFAULT_HANDLE})")
-        parser.add_argument("--batch_size", type=int, default=8,
-                            help="largest batch sent to the model (default: 8; on CPU batching gains little, "
-                            "on GPU raise it)")
+        parser.add_argument("--batch_size", type=int, default=4,
+                            help="largest batch sent to the model (default: 4; on CPU larger batches gain nothing "
+                            "and cost memory, on GPU raise it)")
         parser.add_argument("--min_batch_size", type=int, default=1, help="smallest batch (default: 1)")
         parser.add_argument("--large_model", action="store_true", default=False,
                             help="load one model per machine and share it across worker processes (GPU workers)")
         parser.add_argument("--model_copies", type=int, default=None,
                             help="exact number of shared model copies per machine, e.g. one per GPU "
                             "(implies sharing; default: one per process)")
+
+    def handler(self, task: str) -> S3DModelHandler:
+        """The model handler these options describe, for `task` 'video' or 'text'."""
+        return S3DModelHandler(
+            self.model, task, min_batch_size=self.min_batch_size, max_batch_size=self.batch_size,
+            large_model=self.large_model, model_copies=self.model_copies,
+        )
 
     def validate_model(self) -> None:
         if not self.model:
@@ -54,17 +62,42 @@ class ModelOptions(PipelineOptions):
             raise ValueError(f"--model_copies must be >= 1, got {self.model_copies}")
 
 
+EXTRACT_INPUT_HELP = (
+    "glob of video files on any Beam filesystem (e.g. 'gs://b/videos/*.mp4'), or a manifest: .txt (one URI a "
+    "line), .csv/.jsonl/.parquet with a 'uri' column and optional video_id, start_sec, end_sec"
+)
+EXTRACT_OUTPUT_HELP = (
+    "where the run writes PREFIX/clips/, PREFIX/videos/, PREFIX/failures/ and PREFIX/run_summary.json; "
+    "an earlier run's output there is replaced"
+)
+TEXT_INPUT_HELP = "sentences: .txt (one a line), or .csv/.jsonl/.parquet with a 'text' column and optional text_id"
+TEXT_OUTPUT_HELP = (
+    "where the run writes PREFIX/texts/, PREFIX/text_failures/ and PREFIX/run_summary.json; an earlier run "
+    "there is replaced"
+)
+
+
+class IOOptions(PipelineOptions):
+    """--input and --output_prefix, shared by the jobs (Beam needs each flag defined once per process)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser, input_help: str | None = None, output_help: str | None = None):
+        group = parser.add_argument_group("input and output")
+        group.add_argument("--input", help=input_help or "what the job reads (see the job's --help)")
+        group.add_argument("--output_prefix", help=output_help or "where the job writes its tables and run summary")
+
+    def validate_io(self, what: str) -> None:
+        if not self.input:
+            raise ValueError(f"--input is required: {what}")
+        if not self.output_prefix:
+            raise ValueError("--output_prefix is required: where the tables are written")
+
+
 class ExtractOptions(PipelineOptions):
     """`python -m pipeline.extract`: videos -> clips, videos and failures tables."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        group = parser.add_argument_group("input and output")
-        group.add_argument("--input", help="glob of video files on any Beam filesystem (e.g. 'gs://b/videos/*.mp4'), "
-                           "or a manifest: .txt (one URI a line), .csv/.jsonl/.parquet with a 'uri' column and "
-                           "optional video_id, start_sec, end_sec")
-        group.add_argument("--output_prefix", help="where the run writes PREFIX/clips/, PREFIX/videos/, "
-                           "PREFIX/failures/ and PREFIX/run_summary.json; an earlier run's output there is replaced")
         group = parser.add_argument_group("sampling and windowing")
         group.add_argument("--fps", type=_fps, default=_DEFAULTS.fps,
                            help=f"frames sampled per second, or 'native' (default: {_DEFAULTS.fps:g})")
@@ -115,8 +148,4 @@ class ExtractOptions(PipelineOptions):
     def validate_extract(self) -> None:
         if self.decode_prefetch is None or self.decode_prefetch < 0:
             raise ValueError(f"--decode_prefetch must be >= 0, got {self.decode_prefetch}")
-        if not self.input:
-            raise ValueError("--input is required: a glob of videos or a manifest")
-        if not self.output_prefix:
-            raise ValueError("--output_prefix is required: where the tables are written")
         self.decode_options()

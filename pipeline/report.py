@@ -28,7 +28,8 @@ def failure_reasons(output_prefix: str, top: int = 10) -> list[dict[str, Any]]:
     ]
 
 
-def print_summary(summary: dict[str, Any], summary_file: str, out=sys.stdout) -> None:
+def print_summary(summary: dict[str, Any], summary_file: str, out=None) -> None:
+    out = out or sys.stdout
     c = summary["counts"]
     seconds = summary["wall_seconds"]
     rate = c["clips"] / seconds if seconds else 0.0

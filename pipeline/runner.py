@@ -7,11 +7,13 @@ try to fetch the Prism runner, which fails offline before it falls back.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import apache_beam as beam
@@ -122,3 +124,79 @@ class Stopwatch:
     @property
     def seconds(self) -> float:
         return time.monotonic() - self.start
+
+
+class CountRows(beam.PTransform):
+    """Counts the rows that reach a table (metric `rows_<table>`), passing them through."""
+
+    def __init__(self, table: str):
+        super().__init__()
+        self._name = f"rows_{table}"
+
+    def expand(self, rows):
+        name = self._name
+
+        def count(row):
+            beam.metrics.Metrics.counter("s3d", name).inc()
+            return row
+
+        return rows | beam.Map(count)
+
+
+BEAM_EPILOG = (
+    "Any Apache Beam option is accepted as well, e.g. --runner DataflowRunner, --direct_num_workers 2, "
+    "--direct_running_mode multi_processing. Without --runner the job runs locally."
+)
+
+
+def parse_job_args(
+    argv: list[str],
+    prog: str,
+    description: str,
+    io_help: tuple[str, str],
+    option_classes: list[tuple[type[PipelineOptions], str | None]],
+) -> PipelineOptions:
+    """Parses with a help text of this job's own options (Beam's are accepted and passed on)."""
+    from pipeline.options import IOOptions
+
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=BEAM_EPILOG)
+    IOOptions._add_argparse_args(parser, *io_help)
+    for cls, group in option_classes:
+        cls._add_argparse_args(parser.add_argument_group(group) if group else parser)
+    parser.parse_known_args(argv)  # --help and type errors
+    return PipelineOptions(argv)
+
+
+def launch(
+    options: PipelineOptions,
+    output_prefix: str,
+    tables: tuple[str, ...],
+    build: Callable[[beam.Pipeline], Any],
+    metadata: dict[str, Any],
+    extra: Callable[[dict[str, int]], dict[str, Any]],
+) -> tuple[dict[str, Any], str]:
+    """Clears the prefix, runs the graph `build` adds, and writes the run summary last.
+
+    `extra(counters)` adds the job's own entries (counts, failure reasons) to the summary.
+    Returns the summary and its path.
+    """
+    watch, started = Stopwatch(), utc_now()
+    clear_previous_run(output_prefix, tables)
+    p = create_pipeline(options)
+    build(p)
+    result = p.run()
+    result.wait_until_finish()
+    counts = counters(result)
+    summary = {
+        **metadata,
+        "status": "complete",
+        "output_prefix": output_prefix,
+        "started": started,
+        "finished": utc_now(),
+        "wall_seconds": round(watch.seconds, 2),
+        "counters": counts,
+        "distributions": distributions(result),
+        "tables": {t: table_glob(output_prefix, t) for t in tables},
+        **extra(counts),
+    }
+    return summary, write_summary(output_prefix, summary)

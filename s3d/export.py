@@ -20,6 +20,9 @@ import time
 import numpy as np
 
 PROVENANCE_FILE = os.path.join("assets.extra", "s3d_provenance.json")
+# The text tower's vocabulary, one word a line (the graph has its own copy): lets callers
+# count the words of a sentence the model knows without running TensorFlow.
+VOCAB_FILE = os.path.join("assets.extra", "s3d_vocab.txt")
 
 
 def package_version() -> str:
@@ -59,6 +62,8 @@ def save_model(
     tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.gfile.GFile(path, "w") as f:
         f.write(json.dumps(provenance, indent=2, sort_keys=True))
+    with tf.io.gfile.GFile(os.path.join(output, VOCAB_FILE), "w") as f:
+        f.write("\n".join(vocabulary) + "\n")
     return provenance
 
 

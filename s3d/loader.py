@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from s3d.export import PROVENANCE_FILE
+from s3d.export import PROVENANCE_FILE, VOCAB_FILE
 
 DEFAULT_HANDLE = "https://tfhub.dev/deepmind/mil-nce/s3d/1"
 _REMOTE_PREFIXES = ("http://", "https://")
@@ -55,6 +55,19 @@ def _read_provenance(path: str) -> dict[str, Any]:
         return json.loads(f.read())
 
 
+def _read_vocabulary(path: str) -> dict[str, int] | None:
+    """The export's vocabulary as word -> token, or None (the hub module keeps its own inside the graph)."""
+    import tensorflow as tf
+
+    from s3d.vocab import word_to_token
+
+    file = os.path.join(path, VOCAB_FILE)
+    if not tf.io.gfile.exists(file):
+        return None
+    with tf.io.gfile.GFile(file) as f:
+        return word_to_token([w for w in f.read().split("\n") if w])
+
+
 class S3DModel:
     """A loaded S3D MIL-NCE model: numpy in, numpy out.
 
@@ -64,9 +77,10 @@ class S3DModel:
             {"kind": "external"} for the hub module.
     """
 
-    def __init__(self, handle: str, module: Any, provenance: dict[str, Any]):
+    def __init__(self, handle: str, module: Any, provenance: dict[str, Any], vocabulary: dict[str, int] | None = None):
         self.handle = handle
         self.provenance = provenance
+        self._vocabulary = vocabulary
         self._module = module  # keeps the restored variables alive
         self._video = module.signatures["video"]
         self._text = module.signatures["text"]
@@ -105,6 +119,19 @@ class S3DModel:
             raise ValueError(f"frames must be uint8 or float, got dtype {frames.dtype}")
         out = self._video(images=images)
         return out["mixed_5c"].numpy(), out["video_embedding"].numpy()
+
+    def known_words(self, sentences: Sequence[str]) -> list[int | None]:
+        """How many words of each sentence the vocabulary knows (the model uses the first 16).
+
+        None for each sentence when the module does not ship its vocabulary as a file
+        (the TF Hub module); `embed_text` still works, and a sentence with no known word
+        gets the padding-only embedding.
+        """
+        if self._vocabulary is None:
+            return [None] * len(sentences)
+        from s3d.vocab import split_words
+
+        return [sum(w in self._vocabulary for w in split_words(s)) for s in sentences]
 
     def embed_text(self, sentences: Sequence[str]) -> np.ndarray:
         """Embeds sentences: list of str -> text_embedding float32 [B, 512]."""
@@ -153,7 +180,7 @@ def load_s3d(handle: str = DEFAULT_HANDLE) -> S3DModel:
         raise ModelLoadError(
             f"{handle!r} is not an S3D MIL-NCE module: it has signatures {names}, expected 'video' and 'text'"
         )
-    model = S3DModel(handle, module, _read_provenance(path))
+    model = S3DModel(handle, module, _read_provenance(path), _read_vocabulary(path))
     if model.trained is False:
         log.warning("model %s is an untrained stand-in: its embeddings carry no meaning", handle)
     return model

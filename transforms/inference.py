@@ -41,7 +41,7 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
         task: Task = "video",
         *,
         min_batch_size: int = 1,
-        max_batch_size: int = 8,
+        max_batch_size: int = 4,
         large_model: bool = False,
         model_copies: int | None = None,
     ):
@@ -85,8 +85,22 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
 
     @staticmethod
     def _embed_texts(batch: Sequence[TextItem], model) -> list[dict]:
-        embeddings = model.embed_text([item.text for item in batch])
-        return [{"text_id": item.text_id, "text": item.text, "text_embedding": embeddings[i]} for i, item in enumerate(batch)]
+        sentences = [item.text for item in batch]
+        # The empty sentence rides along: its embedding is the padding-only vector, which is
+        # exactly what a sentence with no known word gets (this works on the hub module too).
+        embeddings = model.embed_text([*sentences, ""])
+        padding = embeddings[-1]
+        known = model.known_words(sentences)
+        return [
+            {
+                "text_id": item.text_id,
+                "text": item.text,
+                "known_words": known[i],
+                "no_known_words": bool(np.array_equal(embeddings[i], padding)),
+                "text_embedding": embeddings[i],
+            }
+            for i, item in enumerate(batch)
+        ]
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
         if self._task == "video":

@@ -22,6 +22,7 @@ from transforms.records import VideoRequest, derive_video_id, failure_row
 
 MANIFEST_KINDS = {".txt": "txt", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 FAILURES = "failures"
+BAD_LINES = "bad_lines"
 _NAMESPACE = "s3d"
 
 
@@ -33,8 +34,8 @@ def input_kind(spec: str) -> str:
     return "glob"
 
 
-def check_input(spec: str) -> None:
-    """Fails at launch if --input matches nothing or a manifest lacks a `uri` column.
+def check_input(spec: str, column: str = "uri") -> None:
+    """Fails at launch if --input matches nothing or a manifest lacks the required column.
 
     Raises:
         ValueError: naming --input and what is wrong.
@@ -45,15 +46,15 @@ def check_input(spec: str) -> None:
     kind = input_kind(spec)
     if kind == "csv":
         header = csv_header(matches[0].path)
-        if "uri" not in header:
-            raise ValueError(f"--input {spec!r}: CSV manifest {matches[0].path} has no 'uri' column (columns: {header})")
+        if column not in header:
+            raise ValueError(f"--input {spec!r}: CSV file {matches[0].path} has no {column!r} column (columns: {header})")
     elif kind == "parquet":
         import pyarrow.parquet as pq
 
         with FileSystems.open(matches[0].path) as f:
             names = pq.read_schema(f).names
-        if "uri" not in names:
-            raise ValueError(f"--input {spec!r}: Parquet manifest {matches[0].path} has no 'uri' column (columns: {names})")
+        if column not in names:
+            raise ValueError(f"--input {spec!r}: Parquet file {matches[0].path} has no {column!r} column (columns: {names})")
 
 
 def csv_header(path: str) -> list[str]:
@@ -104,22 +105,24 @@ class ToVideoRequestFn(beam.DoFn):
 
 
 class _ParseLineFn(beam.DoFn):
-    """A manifest line -> row dict; a line that does not parse becomes a failure row."""
+    """A manifest line -> row dict; a line that does not parse goes to `bad_lines` with the reason."""
 
-    def __init__(self, kind: str, header: list[str] | None):
+    def __init__(self, kind: str, header: list[str] | None, line_column: str, comments: bool):
         self._kind = kind
         self._header = header
+        self._column = line_column
+        self._comments = comments
 
     def process(self, line: str):
-        if not line.strip() or (self._kind == "txt" and line.lstrip().startswith("#")):
+        if not line.strip() or (self._comments and line.lstrip().startswith("#")):
             return
         try:
             if self._kind == "txt":
-                yield {"uri": line.strip()}
+                yield {self._column: line.strip()}
             elif self._kind == "jsonl":
                 row = json.loads(line)
                 if not isinstance(row, dict):
-                    raise ValueError(f"a JSON Lines manifest row must be an object, got {type(row).__name__}")
+                    raise ValueError(f"a JSON Lines row must be an object, got {type(row).__name__}")
                 yield row
             else:
                 values = next(csv.reader([line]))
@@ -128,9 +131,38 @@ class _ParseLineFn(beam.DoFn):
                 yield dict(zip(self._header, values, strict=True))
         except ValueError as e:
             Metrics.counter(_NAMESPACE, "input_rows_invalid").inc()
-            yield beam.pvalue.TaggedOutput(
-                FAILURES, failure_row(derive_video_id(line), "", "input", type(e).__name__, f"{e}: {line[:200]!r}")
-            )
+            yield beam.pvalue.TaggedOutput(BAD_LINES, {"line": line, "error_type": type(e).__name__, "message": str(e)})
+
+
+class ReadManifestRows(beam.PTransform):
+    """A manifest (.txt, .csv, .jsonl, .parquet) -> {rows: dicts, bad_lines: {line, error_type, message}}.
+
+    A .txt manifest has one value a line, which becomes the row's `line_column`.
+    """
+
+    def __init__(self, spec: str, line_column: str, comments: bool = False):
+        super().__init__()
+        self._spec = spec
+        self._kind = input_kind(spec)
+        if self._kind == "glob":
+            raise ValueError(f"{spec!r} is not a manifest (.txt, .csv, .jsonl or .parquet)")
+        self._column = line_column
+        self._comments = comments
+        # A CSV header is read when the graph is built, so a bad manifest fails at launch.
+        self._header = csv_header(FileSystems.match([spec])[0].metadata_list[0].path) if self._kind == "csv" else None
+
+    def expand(self, pbegin):
+        if self._kind == "parquet":
+            rows = pbegin | "ReadParquet" >> beam.io.ReadFromParquet(self._spec)
+            return {"rows": rows, BAD_LINES: pbegin | "NoBadLines" >> beam.Create([])}
+        lines = pbegin | "ReadLines" >> beam.io.ReadFromText(self._spec, skip_header_lines=1 if self._kind == "csv" else 0)
+        parsed = lines | "ParseRows" >> beam.ParDo(
+            _ParseLineFn(self._kind, self._header, self._column, self._comments)).with_outputs(BAD_LINES, main="rows")
+        return {"rows": parsed.rows, BAD_LINES: parsed[BAD_LINES]}
+
+
+def _bad_line_failure(bad: dict[str, str]) -> dict[str, Any]:
+    return failure_row(derive_video_id(bad["line"]), "", "input", bad["error_type"], f"{bad['message']}: {bad['line'][:200]!r}")
 
 
 class _KeepFirstFn(beam.DoFn):
@@ -160,25 +192,20 @@ class ReadVideoRequests(beam.PTransform):
     def __init__(self, spec: str):
         super().__init__()
         self._spec = spec
-        self._kind = input_kind(spec)
-        # A CSV header is read when the graph is built, so a bad manifest fails at launch.
-        self._header = csv_header(FileSystems.match([spec])[0].metadata_list[0].path) if self._kind == "csv" else None
+        self._manifest = None if input_kind(spec) == "glob" else ReadManifestRows(spec, "uri", comments=True)
 
     def expand(self, pbegin):
         failures = []
-        if self._kind == "glob":
+        if self._manifest is None:
             rows = (
                 pbegin
                 | "MatchVideos" >> fileio.MatchFiles(self._spec)
                 | "FileToRow" >> beam.Map(lambda m: {"uri": m.path})
             )
-        elif self._kind == "parquet":
-            rows = pbegin | "ReadParquetManifest" >> beam.io.ReadFromParquet(self._spec)
         else:
-            lines = pbegin | "ReadManifest" >> beam.io.ReadFromText(self._spec, skip_header_lines=1 if self._kind == "csv" else 0)
-            parsed = lines | "ParseRows" >> beam.ParDo(_ParseLineFn(self._kind, self._header)).with_outputs(FAILURES, main="rows")
-            rows = parsed.rows
-            failures.append(parsed[FAILURES])
+            manifest = pbegin | "ReadManifest" >> self._manifest
+            rows = manifest["rows"]
+            failures.append(manifest[BAD_LINES] | "BadLineFailures" >> beam.Map(_bad_line_failure))
         requests = rows | "ToRequests" >> beam.ParDo(ToVideoRequestFn()).with_outputs(FAILURES, main="requests")
         failures.append(requests[FAILURES])
         unique = (

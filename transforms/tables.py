@@ -17,7 +17,6 @@ import pyarrow as pa
 from s3d.architecture import EMBEDDING_DIM, MIXED_5C_DIM
 
 METADATA_KEY = b"s3d.run"
-TABLES = ("clips", "videos", "failures", "texts")
 
 
 def _embedding(dim: int) -> pa.DataType:
@@ -68,11 +67,23 @@ FAILURES_SCHEMA = pa.schema([
 TEXTS_SCHEMA = pa.schema([
     ("text_id", pa.string()),
     ("text", pa.string()),
-    ("known_words", pa.int32()),
+    ("known_words", pa.int32()),  # null when the module does not ship its vocabulary (the hub module)
+    ("no_known_words", pa.bool_()),  # embedded all the same: the model's padding-only vector
     ("text_embedding", _embedding(EMBEDDING_DIM)),
 ])
 
-SCHEMAS = {"clips": CLIPS_SCHEMA, "videos": VIDEOS_SCHEMA, "failures": FAILURES_SCHEMA, "texts": TEXTS_SCHEMA}
+TEXT_FAILURES_SCHEMA = pa.schema([
+    ("text_id", pa.string()),
+    ("text", pa.string()),
+    ("stage", pa.string()),  # input | inference
+    ("error_type", pa.string()),
+    ("message", pa.string()),
+])
+
+SCHEMAS = {
+    "clips": CLIPS_SCHEMA, "videos": VIDEOS_SCHEMA, "failures": FAILURES_SCHEMA,
+    "texts": TEXTS_SCHEMA, "text_failures": TEXT_FAILURES_SCHEMA,
+}
 
 
 def table_prefix(output_prefix: str, table: str) -> str:

@@ -1,0 +1,271 @@
+"""Text-to-video search over an extraction run: rank clips or videos by dot product with a sentence.
+
+    python -m pipeline.search --features out/run1 --query "cut the tomato" [--level clip|video] [--top_k 10]
+                              [--output ranking.parquet|.csv] [--html results.html]
+
+Streams the Parquet files row group by row group on a thread pool, keeping the top k
+per query, so memory stays bounded whatever the number of clips. Queries are embedded
+with the model the features were extracted with (recorded in the files' metadata); a
+query model or `texts` table from another model is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.runner import SUMMARY_NAME, read_summary
+from s3d.loader import ModelLoadError
+from transforms.tables import read_run_metadata, table_glob
+
+LEVEL_TABLE = {"clip": "clips", "video": "videos"}
+LEVEL_COLUMNS = {
+    "clip": ["video_id", "uri", "clip_index", "start_sec", "end_sec"],
+    "video": ["video_id", "uri", "duration_sec", "num_clips"],
+}
+EMBEDDING = "video_embedding"
+
+
+class SearchError(ValueError):
+    """A search that cannot be answered as asked; the message says why and what to do."""
+
+
+@dataclass
+class Queries:
+    ids: list[str]
+    texts: list[str]
+    embeddings: np.ndarray  # float32 [Q, 512]
+    known_words: list[int | None]
+    model: str
+
+
+def table_files(prefix: str, level: str) -> list[str]:
+    files = sorted(m.path for m in FileSystems.match([table_glob(prefix, LEVEL_TABLE[level])])[0].metadata_list)
+    if not files:
+        raise SearchError(f"no {LEVEL_TABLE[level]} files under --features {prefix!r} ({table_glob(prefix, LEVEL_TABLE[level])})")
+    return files
+
+
+def _open(path: str) -> pq.ParquetFile:
+    return pq.ParquetFile(FileSystems.open(path) if "://" in path else path)
+
+
+def features_metadata(files: Sequence[str]) -> dict:
+    """The run metadata all files share; refuses files from different models or preprocessing."""
+    first = None
+    for path in files:
+        meta = read_run_metadata(_open(path).schema_arrow)
+        key = (meta.get("model"), json.dumps(meta.get("preprocessing"), sort_keys=True))
+        if first is None:
+            first = (path, key, meta)
+        elif key != first[1]:
+            raise SearchError(
+                f"{path} was made with model {key[0]!r} / preprocessing {key[1]}, but {first[0]} with "
+                f"{first[1][0]!r} / {first[1][1]}: search one run (or runs made alike) at a time"
+            )
+    return first[2]
+
+
+def check_complete(prefix: str, force: bool) -> None:
+    if read_summary(prefix) is None and not force:
+        raise SearchError(
+            f"--features {prefix!r} has no {SUMMARY_NAME}: that run did not complete (or is still running), so its "
+            "tables may be partial. Re-run it, or pass --force to search what is there."
+        )
+
+
+def embed_queries(texts: Sequence[str], model_handle: str) -> Queries:
+    from s3d.loader import load_s3d
+
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise SearchError(f"query {i + 1} is empty: give words to search for")
+    model = load_s3d(model_handle)
+    known = model.known_words(list(texts))
+    embeddings = model.embed_text(list(texts))
+    padding = model.embed_text([""])[0]
+    for text, k, emb in zip(texts, known, embeddings, strict=True):
+        if k == 0 or np.array_equal(emb, padding):
+            print(f"warning: no word of {text!r} is in the model's vocabulary; its ranking reflects the padding "
+                  "vector only", file=sys.stderr)
+    return Queries([f"q{i}" for i in range(len(texts))], list(texts), embeddings.astype(np.float32), known, model_handle)
+
+
+def texts_queries(prefix: str) -> Queries:
+    files = sorted(m.path for m in FileSystems.match([table_glob(prefix, "texts")])[0].metadata_list)
+    if not files:
+        raise SearchError(f"no texts table under --texts {prefix!r}")
+    tables = [_open(f).read() for f in files]
+    models = {read_run_metadata(t.schema).get("model") for t in tables}
+    if len(models) != 1:
+        raise SearchError(f"--texts {prefix!r} mixes embeddings of several models: {sorted(map(str, models))}")
+    table = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
+    if table.num_rows == 0:
+        raise SearchError(f"--texts {prefix!r} has no rows")
+    emb = table.column("text_embedding").combine_chunks().values.to_numpy().reshape(table.num_rows, -1)
+    return Queries(table.column("text_id").to_pylist(), table.column("text").to_pylist(), emb.astype(np.float32),
+                   table.column("known_words").to_pylist(), models.pop())
+
+
+class TopK:
+    """The best k rows per query seen so far: scores [Q, <=k] and their rows' fields."""
+
+    def __init__(self, num_queries: int, k: int):
+        self.k = k
+        self.scores = [np.empty(0, np.float32) for _ in range(num_queries)]
+        self.rows: list[list[dict]] = [[] for _ in range(num_queries)]
+
+    def offer(self, q: int, scores: np.ndarray, rows: list[dict]) -> None:
+        merged_scores = np.concatenate([self.scores[q], scores])
+        merged_rows = self.rows[q] + rows
+        order = sorted(range(len(merged_rows)), key=lambda i: (-merged_scores[i], merged_rows[i]["video_id"],
+                                                               merged_rows[i].get("clip_index") or 0))[: self.k]
+        self.scores[q] = merged_scores[order]
+        self.rows[q] = [merged_rows[i] for i in order]
+
+
+def _block_candidates(path: str, row_group: int, columns: list[str], queries: np.ndarray, k: int):
+    """Scores one row group; returns per query its k best (scores, rows)."""
+    table = _open(path).read_row_group(row_group, columns=[*columns, EMBEDDING])
+    n = table.num_rows
+    if n == 0:
+        return []
+    emb = table.column(EMBEDDING).combine_chunks().values.to_numpy().reshape(n, -1)
+    scores = emb @ queries.T  # [n, Q]
+    out = []
+    take = min(k, n)
+    for q in range(queries.shape[0]):
+        idx = np.argpartition(-scores[:, q], take - 1)[:take] if take < n else np.arange(n)
+        fields = table.take(pa.array(idx)).select(columns).to_pylist()
+        out.append((scores[idx, q], fields))
+    return out
+
+
+def _row_groups(files: Sequence[str]) -> Iterator[tuple[str, int]]:
+    for path in files:
+        for i in range(_open(path).num_row_groups):
+            yield path, i
+
+
+def search(files: Sequence[str], queries: np.ndarray, level: str, k: int, threads: int | None = None) -> TopK:
+    """Top k rows per query over all row groups of `files`, in parallel, in bounded memory."""
+    if k < 1:
+        raise SearchError(f"--top_k must be >= 1, got {k}")
+    columns = LEVEL_COLUMNS[level]
+    top = TopK(queries.shape[0], k)
+    workers = threads or os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = []
+        for path, rg in _row_groups(files):
+            pending.append(pool.submit(_block_candidates, path, rg, columns, queries, k))
+            if len(pending) >= 2 * workers:  # bounded: at most 2 row groups per thread in flight
+                for q, (scores, rows) in enumerate(pending.pop(0).result()):
+                    top.offer(q, scores, rows)
+        for future in pending:
+            for q, (scores, rows) in enumerate(future.result()):
+                top.offer(q, scores, rows)
+    return top
+
+
+def ranking_rows(queries: Queries, top: TopK, level: str) -> list[dict]:
+    rows = []
+    for q, (qid, text) in enumerate(zip(queries.ids, queries.texts, strict=True)):
+        for rank, (score, row) in enumerate(zip(top.scores[q], top.rows[q], strict=True), start=1):
+            rows.append({"query_id": qid, "query": text, "rank": rank, "score": float(score), "level": level, **row})
+    return rows
+
+
+def write_ranking(rows: list[dict], path: str) -> None:
+    if path.endswith(".parquet"):
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif path.endswith(".csv"):
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["query_id"])
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        raise SearchError(f"--output must end in .parquet or .csv, got {path!r}")
+
+
+def print_ranking(rows: list[dict], level: str, out=None) -> None:
+    out = out or sys.stdout
+    current = None
+    for r in rows:
+        if r["query_id"] != current:
+            current = r["query_id"]
+            print(f"\n{r['query']!r}", file=out)
+        where = f"{r['start_sec']:8.2f}-{r['end_sec']:<8.2f}" if level == "clip" else f"{r['duration_sec'] or 0:8.2f}s "
+        print(f"  {r['rank']:3d}  {r['score']:9.4f}  {where} {r['uri']}", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.search", description=__doc__.splitlines()[0])
+    parser.add_argument("--features", required=True, help="output prefix of a pipeline.extract run")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--query", action="append", help="a sentence to search for (repeat for several)")
+    source.add_argument("--queries", help="a .txt file of sentences, one a line")
+    source.add_argument("--texts", help="output prefix of a pipeline.embed_text run: its sentences are the queries")
+    parser.add_argument("--level", choices=sorted(LEVEL_TABLE), default="clip",
+                        help="rank clips, or whole videos by their mean embedding (default: clip)")
+    parser.add_argument("--top_k", type=int, default=10, help="results per query (default: 10)")
+    parser.add_argument("--model", help="model to embed --query/--queries with (default: the one the features were "
+                        "made with, from their metadata; another one is refused)")
+    parser.add_argument("--output", help="also write the ranking to this .parquet or .csv file")
+    parser.add_argument("--html", help="also write a self-contained HTML page with thumbnails of the results")
+    parser.add_argument("--threads", type=int, default=None, help="threads scoring row groups (default: all cores)")
+    parser.add_argument("--force", action="store_true", help="search a run that has no run summary (incomplete)")
+    args = parser.parse_args(argv)
+
+    try:
+        check_complete(args.features, args.force)
+        files = table_files(args.features, args.level)
+        meta = features_metadata(files)
+        made_with = meta.get("model")
+        if args.texts:
+            queries = texts_queries(args.texts)
+        else:
+            if args.model and made_with and args.model != made_with:
+                raise SearchError(f"--features {args.features!r} were made with model {made_with!r}, not --model "
+                                  f"{args.model!r}: embeddings of different models are not comparable")
+            texts = args.query or _read_lines(args.queries)
+            queries = embed_queries(texts, args.model or made_with)
+        if made_with and queries.model != made_with:
+            raise SearchError(f"the queries were embedded with model {queries.model!r} but --features "
+                              f"{args.features!r} with {made_with!r}: embeddings of different models are not comparable")
+        top = search(files, queries.embeddings, args.level, args.top_k, args.threads)
+        rows = ranking_rows(queries, top, args.level)
+        if args.output:
+            write_ranking(rows, args.output)
+    except (SearchError, ModelLoadError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_ranking(rows, args.level)
+    if args.html:
+        from pipeline.search_html import write_html
+
+        write_html(args.html, rows, args.level, meta)
+        print(f"\nwrote {args.html}", file=sys.stderr)
+    return 0
+
+
+def _read_lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    if not lines:
+        raise SearchError(f"--queries {path!r} has no sentences")
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())
