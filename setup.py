@@ -18,6 +18,8 @@ INSTALL_REQUIRES = [
     "pyarrow==25.0.1",
     "numpy>=2.0,<3",
     "psutil>=7.0",
+    "threadpoolctl==3.8.0",
+    "pillow==12.3.0",
 ]
 
 EXTRAS_REQUIRE = {
