@@ -14,6 +14,8 @@ INSTALL_REQUIRES = [
     "tensorflow==2.21.0",
     "tf-keras==2.21.0",
     "tensorflow-hub==0.16.1",
+    # tensorflow-hub imports pkg_resources, which setuptools 81 removed (torch pulls a new setuptools).
+    "setuptools<81",
     "av==18.1.0",
     "pyarrow==25.0.1",
     "numpy>=2.0,<3",
@@ -26,6 +28,9 @@ EXTRAS_REQUIRE = {
     "gcp": ["apache-beam[gcp]==2.77.0"],
     "aws": ["apache-beam[aws]==2.77.0"],
     "dev": ["pytest==9.2.0", "ruff==0.17.6", "duckdb==2.0.1"],
+    # Only to read the authors' PyTorch checkpoint (s3d.convert). The CPU build: 2.13.0 is the
+    # one this workplace's machines carry on disk; a looser pin would fetch a multi-GB CUDA build.
+    "convert": ["torch==2.13.0"],
 }
 
 setup(
@@ -44,6 +49,8 @@ setup(
             "s3d-export=s3d.export:main",
             "s3d-inspect=s3d.inspect:main",
             "s3d-extract=pipeline.extract:main",
+            "s3d-embed-text=pipeline.embed_text:main",
+            "s3d-search=pipeline.search:main",
         ],
     },
 )

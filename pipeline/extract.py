@@ -19,9 +19,10 @@ from pipeline.report import failure_reasons, print_summary
 from pipeline.runner import CountRows, configure_logging, is_local, launch, package_version, parse_job_args
 from transforms.assemble import AssembleVideos
 from transforms.decode import DecodeClips
+from transforms.incremental import ReadFailuresAsInput, SkipDone, matching_table_files
 from transforms.inference import Embed
 from transforms.inputs import ReadVideoRequests, check_input
-from transforms.tables import WriteTable
+from transforms.tables import WriteTable, table_glob
 
 TABLES = ("clips", "videos", "failures")
 
@@ -48,13 +49,23 @@ def build_pipeline(
     """Adds the extraction graph to `p` (tests pass a TestPipeline); returns the rows of each table."""
     metadata = run_metadata(opts, model)
     handler = model.handler("video")
-    inputs = p | "ReadInput" >> ReadVideoRequests(io.input)
+    retry = None
+    if opts.retry_failures:
+        retry = ReadFailuresAsInput(opts.retry_failures, opts.split(opts.retry_stages), opts.split(opts.retry_errors))
+    inputs = p | "ReadInput" >> ReadVideoRequests(None if retry else io.input, retry=retry)
+    done_files = matching_table_files(opts.split(opts.skip_done), "videos", metadata["model"], metadata["preprocessing"])
     decoded = (
         inputs["requests"]
+        | "SkipDone" >> SkipDone(done_files)
         | "Reshuffle" >> beam.Reshuffle()  # spread decoding over workers
-        | "DecodeClips" >> DecodeClips(opts.decode_options(), opts.decode_prefetch)
+        | "DecodeClips" >> DecodeClips(opts.decode_options(), opts.decode_prefetch, opts.io_retries,
+                                       opts.io_retry_backoff_sec)
     )
-    embedded = decoded["clips"] | "EmbedClips" >> Embed(handler)
+    embed = Embed(handler)
+    if model.inference_accelerator:
+        # On the inference step only: with Dataflow right fitting, decoding keeps to CPU workers.
+        embed = embed.with_resource_hints(accelerator=model.inference_accelerator)
+    embedded = decoded["clips"] | "EmbedClips" >> embed
     assembled = {
         "clip_rows": embedded["rows"], "info": decoded["info"], "inference_failures": embedded["failures"],
     } | "AssembleVideos" >> AssembleVideos()
@@ -78,10 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     io, opts, model = options.view_as(IOOptions), options.view_as(ExtractOptions), options.view_as(ModelOptions)
     try:
-        io.validate_io("a glob of videos or a manifest")
         opts.validate_extract()
         model.validate_model()
-        check_input(io.input)
+        if opts.retry_failures:
+            if io.input:
+                raise ValueError("--input and --retry_failures exclude each other: the failures are the input")
+            check_input(table_glob(opts.retry_failures, "failures"))
+            io.input = f"failures of {opts.retry_failures}"
+        else:
+            check_input(io.input)
+        io.validate_io("a glob of videos or a manifest (or --retry_failures PREFIX)")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -95,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                 "clips": counts.get("rows_clips", 0),
                 "frames_decoded": counts.get("frames_decoded", 0),
                 "input_duplicates": counts.get("input_duplicates", 0),
+                "videos_skipped_done": counts.get("videos_skipped_done", 0),
+                "failures_retried": counts.get("failures_retried", 0),
+                "io_retries": counts.get("io_retries", 0),
             },
             "failure_reasons": failure_reasons(io.output_prefix),
         }

@@ -17,6 +17,16 @@ from transforms.video_decode import CROP_MODES, TAIL_POLICIES, DecodeOptions
 _DEFAULTS = DecodeOptions()
 
 
+def _boolean(value: str) -> bool:
+    """`--flag`, `--flag=true` or `--flag=false` (Flex Templates pass every parameter with a value)."""
+    lowered = str(value).lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
 def _fps(value: str) -> float | None:
     if value.lower() == "native":
         return None
@@ -38,17 +48,35 @@ class ModelOptions(PipelineOptions):
                             help="largest batch sent to the model (default: 4; on CPU larger batches gain nothing "
                             "and cost memory, on GPU raise it)")
         parser.add_argument("--min_batch_size", type=int, default=1, help="smallest batch (default: 1)")
-        parser.add_argument("--large_model", action="store_true", default=False,
+        parser.add_argument("--large_model", type=_boolean, nargs="?", const=True, default=False,
                             help="load one model per machine and share it across worker processes (GPU workers)")
         parser.add_argument("--model_copies", type=int, default=None,
                             help="exact number of shared model copies per machine, e.g. one per GPU "
-                            "(implies sharing; default: one per process)")
+                            "(implies sharing; default: one per process, or one per GPU with "
+                            "--inference_accelerator)")
+        parser.add_argument("--inference_accelerator", default=None,
+                            help="a Dataflow accelerator resource hint put on the inference step only, e.g. "
+                            "'type:nvidia-tesla-t4;count:1;install-nvidia-driver' (decoding stays on CPU "
+                            "workers with right fitting); implies one shared model copy per GPU")
+
+    def gpu_count(self) -> int:
+        """GPUs per worker named by --inference_accelerator (0 without one)."""
+        if not self.inference_accelerator:
+            return 0
+        fields = dict(part.split(":", 1) for part in self.inference_accelerator.split(";") if ":" in part)
+        return int(fields.get("count", 1))
 
     def handler(self, task: str) -> S3DModelHandler:
-        """The model handler these options describe, for `task` 'video' or 'text'."""
+        """The model handler these options describe, for `task` 'video' or 'text'.
+
+        On GPU workers the default is one shared model copy per GPU: worker processes
+        send their batches to it instead of each loading the model into GPU memory.
+        """
+        gpus = self.gpu_count()
+        copies = self.model_copies if self.model_copies is not None else (gpus or None)
         return S3DModelHandler(
             self.model, task, min_batch_size=self.min_batch_size, max_batch_size=self.batch_size,
-            large_model=self.large_model, model_copies=self.model_copies,
+            large_model=self.large_model or gpus > 0, model_copies=copies,
         )
 
     def validate_model(self) -> None:
@@ -60,6 +88,13 @@ class ModelOptions(PipelineOptions):
             raise ValueError(f"--min_batch_size must be between 1 and --batch_size ({self.batch_size}), got {self.min_batch_size}")
         if self.model_copies is not None and self.model_copies < 1:
             raise ValueError(f"--model_copies must be >= 1, got {self.model_copies}")
+        if self.inference_accelerator:
+            fields = dict(p.split(":", 1) for p in self.inference_accelerator.split(";") if ":" in p)
+            if "type" not in fields or not fields.get("count", "1").isdigit() or int(fields.get("count", "1")) < 1:
+                raise ValueError(
+                    "--inference_accelerator must look like 'type:nvidia-tesla-t4;count:1;install-nvidia-driver', "
+                    f"got {self.inference_accelerator!r}"
+                )
 
 
 EXTRACT_INPUT_HELP = (
@@ -129,6 +164,7 @@ class ExtractOptions(PipelineOptions):
         group.add_argument("--decode_prefetch", type=int, default=2,
                            help="clips decoded ahead in a background thread while the model runs; "
                            "0 = decode inline (default: 2)")
+        cls._add_incremental_args(parser)
 
     def decode_options(self) -> DecodeOptions:
         """The decoder's options; ValueError names the flag."""
@@ -145,7 +181,36 @@ class ExtractOptions(PipelineOptions):
             message = str(e).replace("threads must", "decode_threads must")
             raise ValueError(f"--{message}") from e
 
+    @staticmethod
+    def _add_incremental_args(parser) -> None:
+        group = parser.add_argument_group("incremental runs and retries")
+        group.add_argument("--skip_done", default=None,
+                           help="comma-separated output prefixes of earlier runs: videos already in their videos "
+                           "table (same model and preprocessing) are not decoded again")
+        group.add_argument("--retry_failures", default=None,
+                           help="instead of --input: the output prefix of an earlier run whose failures are "
+                           "decoded again")
+        group.add_argument("--retry_stages", default=None,
+                           help="with --retry_failures: only these comma-separated stages (e.g. open,decode)")
+        group.add_argument("--retry_errors", default=None,
+                           help="with --retry_failures: only these comma-separated error types (e.g. OpenError)")
+        group.add_argument("--io_retries", type=int, default=3,
+                           help="retries of a transient read error (timeouts, object store 5xx) before a video "
+                           "fails, with exponential backoff (default: 3)")
+        group.add_argument("--io_retry_backoff_sec", type=float, default=1.0,
+                           help="first backoff of those retries, doubled each time (default: 1.0)")
+
+    @staticmethod
+    def split(value: str | None) -> list[str]:
+        return [v.strip() for v in (value or "").split(",") if v.strip()]
+
     def validate_extract(self) -> None:
+        if self.io_retries is None or self.io_retries < 0:
+            raise ValueError(f"--io_retries must be >= 0, got {self.io_retries}")
+        if self.io_retry_backoff_sec is None or self.io_retry_backoff_sec < 0:
+            raise ValueError(f"--io_retry_backoff_sec must be >= 0, got {self.io_retry_backoff_sec}")
+        if (self.retry_stages or self.retry_errors) and not self.retry_failures:
+            raise ValueError("--retry_stages and --retry_errors go with --retry_failures")
         if self.decode_prefetch is None or self.decode_prefetch < 0:
             raise ValueError(f"--decode_prefetch must be >= 0, got {self.decode_prefetch}")
         self.decode_options()

@@ -38,6 +38,10 @@ def print_summary(summary: dict[str, Any], summary_file: str, out=None) -> None:
           f"in {seconds:.1f}s ({rate:.2f} clips/s)", file=out)
     if c.get("input_duplicates"):
         print(f"  {c['input_duplicates']} repeated inputs were decoded once", file=out)
+    if c.get("videos_skipped_done"):
+        print(f"  {c['videos_skipped_done']} videos skipped: done by an earlier run (--skip_done)", file=out)
+    if c.get("failures_retried"):
+        print(f"  {c['failures_retried']} failures of an earlier run retried", file=out)
     for reason in summary.get("failure_reasons", []):
         print(f"  failed at {reason['stage']}: {reason['error_type']} x{reason['count']}  e.g. {reason['example']}", file=out)
     print(f"  model: {summary['model']}", file=out)

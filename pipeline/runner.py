@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import glob
 import json
 import logging
+import os
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
@@ -68,15 +72,31 @@ def summary_path(output_prefix: str) -> str:
 
 
 def clear_previous_run(output_prefix: str, tables: tuple[str, ...]) -> int:
-    """Deletes an earlier run's tables and summary under the prefix, so two runs never mix. Returns files deleted."""
-    paths = [m.path for t in tables for m in FileSystems.match([table_glob(output_prefix, t)])[0].metadata_list]
+    """Deletes an earlier run's summary, tables and leftover temp files (of a run that died) under the
+    prefix, so two runs never mix. The summary goes first: a half-cleared prefix never looks complete.
+    Returns the number of paths deleted."""
+    base = output_prefix.rstrip("/")
+    patterns = [f"{base}/{t}/beam-temp-*" for t in tables] + [f"{base}/{t}/beam-temp-*/*" for t in tables]
+    patterns += [table_glob(output_prefix, t) for t in tables]
+    paths = {m.path for result in FileSystems.match(patterns) for m in result.metadata_list}
     summary = summary_path(output_prefix)
-    if FileSystems.exists(summary):
-        paths.insert(0, summary)  # the completion marker goes first
-    if paths:
-        FileSystems.delete(paths)
-        log.info("replaced an earlier run under %s (%d files deleted)", output_prefix, len(paths))
-    return len(paths)
+    ordered = ([summary] if FileSystems.exists(summary) else []) + sorted(paths, key=len, reverse=True)
+    deleted = 0
+    for path in ordered:  # one by one, files before their temp directories
+        try:
+            FileSystems.delete([path])
+            deleted += 1
+        except BeamIOError:
+            if FileSystems.exists(path):
+                raise
+    if "://" not in output_prefix:  # local disk has real directories; object stores do not
+        for t in tables:
+            for leftover in glob.glob(os.path.join(base, t, "beam-temp-*")):
+                shutil.rmtree(leftover, ignore_errors=True)
+                deleted += 1
+    if deleted:
+        log.info("replaced an earlier run under %s (%d paths deleted)", output_prefix, deleted)
+    return deleted
 
 
 def counters(result) -> dict[str, int]:

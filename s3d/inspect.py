@@ -14,12 +14,14 @@ import numpy as np
 
 
 def parameter_count(model) -> int:
-    """Learned parameters: every variable but BatchNorm running statistics."""
-    return sum(
-        int(np.prod(v.shape))
-        for v in model._module.variables
-        if not any(s in v.name for s in ("running_mean", "running_var", "moving_mean", "moving_variance"))
-    )
+    """Learned parameters in the SavedModel's checkpoint: every variable but BatchNorm statistics."""
+    import os
+
+    import tensorflow as tf
+
+    skip = ("running_mean", "running_var", "moving_mean", "moving_variance", "_CHECKPOINTABLE_OBJECT_GRAPH")
+    variables = tf.train.list_variables(os.path.join(model.path, "variables", "variables"))
+    return sum(int(np.prod(shape)) for name, shape in variables if not any(s in name for s in skip))
 
 
 def describe(model) -> dict:

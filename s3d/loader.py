@@ -77,8 +77,12 @@ class S3DModel:
             {"kind": "external"} for the hub module.
     """
 
-    def __init__(self, handle: str, module: Any, provenance: dict[str, Any], vocabulary: dict[str, int] | None = None):
+    def __init__(
+        self, handle: str, module: Any, provenance: dict[str, Any], vocabulary: dict[str, int] | None = None,
+        path: str | None = None,
+    ):
         self.handle = handle
+        self.path = path or handle  # where hub resolved the handle to (its cache for a URL)
         self.provenance = provenance
         self._vocabulary = vocabulary
         self._module = module  # keeps the restored variables alive
@@ -180,7 +184,7 @@ def load_s3d(handle: str = DEFAULT_HANDLE) -> S3DModel:
         raise ModelLoadError(
             f"{handle!r} is not an S3D MIL-NCE module: it has signatures {names}, expected 'video' and 'text'"
         )
-    model = S3DModel(handle, module, _read_provenance(path), _read_vocabulary(path))
+    model = S3DModel(handle, module, _read_provenance(path), _read_vocabulary(path), path)
     if model.trained is False:
         log.warning("model %s is an untrained stand-in: its embeddings carry no meaning", handle)
     return model

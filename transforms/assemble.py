@@ -59,14 +59,15 @@ class _AssembleFn(beam.DoFn):
                 FAILURES,
                 failure_row(video_id, info["uri"], "inference", first["error_type"],
                             f"{len(failed)} of {info['num_clips']} clips failed inference: {first['message']}",
-                            clips_kept=embedded),
+                            clips_kept=embedded, segment=(info.get("segment_start_sec"), info.get("segment_end_sec"))),
             )
         if embedded != info["num_clips"]:
             Metrics.counter(_NAMESPACE, "videos_failed_assemble").inc()
             return beam.pvalue.TaggedOutput(
                 FAILURES,
                 failure_row(video_id, info["uri"], "assemble", "ClipCountMismatch",
-                            f"decoded {info['num_clips']} clips but {embedded} were embedded", clips_kept=embedded),
+                            f"decoded {info['num_clips']} clips but {embedded} were embedded", clips_kept=embedded,
+                            segment=(info.get("segment_start_sec"), info.get("segment_end_sec"))),
             )
         Metrics.counter(_NAMESPACE, "videos_ok").inc()
         return {**info, "mixed_5c": mean[0], "video_embedding": mean[1]}

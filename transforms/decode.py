@@ -27,17 +27,25 @@ log = logging.getLogger(__name__)
 
 
 class DecodeClipsFn(beam.DoFn):
-    """Decodes one video per call; `prefetch` clips are decoded ahead in a thread while the model runs."""
+    """Decodes one video per call; `prefetch` clips are decoded ahead in a thread while the model runs.
 
-    def __init__(self, options: DecodeOptions, prefetch: int = 2):
+    A transient error before the first clip (an object store timing out, a 5xx) is retried
+    up to `io_retries` times with exponential backoff; anything else, or a transient error
+    that persists, becomes the video's failure record.
+    """
+
+    def __init__(self, options: DecodeOptions, prefetch: int = 2, io_retries: int = 3, backoff_sec: float = 1.0):
         self._options = options
         self._prefetch = prefetch
+        self._io_retries = io_retries
+        self._backoff_sec = backoff_sec
 
     def setup(self):
         self._videos_ok = Metrics.counter(_NAMESPACE, "videos_decoded")
         self._clips = Metrics.counter(_NAMESPACE, "clips_decoded")
         self._frames = Metrics.counter(_NAMESPACE, "frames_decoded")
         self._padded = Metrics.counter(_NAMESPACE, "clips_padded")
+        self._retries = Metrics.counter(_NAMESPACE, "io_retries")
         self._decode_ms = Metrics.distribution(_NAMESPACE, "decode_ms_per_video")
         self._done = 0
         self._clip_total = 0
@@ -50,39 +58,45 @@ class DecodeClipsFn(beam.DoFn):
         return beam.pvalue.TaggedOutput(
             FAILURES,
             failure_row(request.video_id, request.uri, stage, type(error).__name__,
-                        getattr(error, "detail", None) or str(error), transient, clips_kept),
+                        getattr(error, "detail", None) or str(error), transient, clips_kept,
+                        segment=(request.start_sec, request.end_sec)),
+        )
+
+    def _clip_item(self, request: VideoRequest, clip) -> ClipItem:
+        return ClipItem(
+            video_id=request.video_id, uri=request.uri, clip_index=clip.clip_index, start_sec=clip.start_sec,
+            end_sec=clip.end_sec, num_frames=clip.num_frames, padded=clip.padded, frames=clip.frames,
         )
 
     def process(self, request: VideoRequest):
         start = time.monotonic()
-        reader = ClipReader(request.uri, self._options, request.start_sec, request.end_sec)
         emitted = 0
-        try:
-            for clip in prefetch(reader, self._prefetch):
-                emitted += 1
-                self._padded.inc(int(clip.padded))
-                yield ClipItem(
-                    video_id=request.video_id,
-                    uri=request.uri,
-                    clip_index=clip.clip_index,
-                    start_sec=clip.start_sec,
-                    end_sec=clip.end_sec,
-                    num_frames=clip.num_frames,
-                    padded=clip.padded,
-                    frames=clip.frames,
-                )
-        except VideoError as e:  # includes a stream that broke after some clips (they stay in `clips`)
-            self._clips.inc(emitted)
-            yield self._fail(request, e, e.stage, e.transient, emitted)
-            return
-        except Exception as e:  # noqa: BLE001 - a decoder crash on one file must not end a job of millions;
-            # it is logged with its traceback, counted, and recorded with its type for a bug report.
-            log.exception("unexpected error decoding %s", request.uri)
-            Metrics.counter(_NAMESPACE, "unexpected_errors").inc()
-            self._clips.inc(emitted)
-            yield self._fail(request, e, "decode", False, emitted)
-            return
-        info = reader.info
+        for attempt in range(self._io_retries + 1):
+            reader = ClipReader(request.uri, self._options, request.start_sec, request.end_sec)
+            try:
+                for clip in prefetch(reader, self._prefetch):
+                    emitted += 1
+                    self._padded.inc(int(clip.padded))
+                    yield self._clip_item(request, clip)
+                break
+            except VideoError as e:  # includes a stream that broke after some clips (they stay in `clips`)
+                if e.transient and emitted == 0 and attempt < self._io_retries:
+                    delay = self._backoff_sec * 2**attempt
+                    log.warning("%s; retrying in %.1fs (%d of %d)", e, delay, attempt + 1, self._io_retries)
+                    self._retries.inc()
+                    time.sleep(delay)
+                    continue
+                self._clips.inc(emitted)
+                yield self._fail(request, e, e.stage, e.transient, emitted)
+                return
+            except Exception as e:  # noqa: BLE001 - a decoder crash on one file must not end a job of millions;
+                # it is logged with its traceback, counted, and recorded with its type for a bug report.
+                log.exception("unexpected error decoding %s", request.uri)
+                Metrics.counter(_NAMESPACE, "unexpected_errors").inc()
+                self._clips.inc(emitted)
+                yield self._fail(request, e, "decode", False, emitted)
+                return
+        info = reader.info  # of the attempt that succeeded
         self._videos_ok.inc()
         self._clips.inc(emitted)
         self._frames.inc(info.decoded_frames)
@@ -124,14 +138,15 @@ class DecodeClipsFn(beam.DoFn):
 class DecodeClips(beam.PTransform):
     """PCollection[VideoRequest] -> {clips, info, failures}."""
 
-    def __init__(self, options: DecodeOptions, prefetch: int = 2):
+    def __init__(self, options: DecodeOptions, prefetch: int = 2, io_retries: int = 3, backoff_sec: float = 1.0):
         super().__init__()
         options.validate()
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
-        self._options = options
-        self._prefetch = prefetch
+        if io_retries < 0:
+            raise ValueError(f"io_retries must be >= 0, got {io_retries}")
+        self._fn = DecodeClipsFn(options, prefetch, io_retries, backoff_sec)
 
     def expand(self, requests):
-        out = requests | "Decode" >> beam.ParDo(DecodeClipsFn(self._options, self._prefetch)).with_outputs(INFO, FAILURES, main="clips")
+        out = requests | "Decode" >> beam.ParDo(self._fn).with_outputs(INFO, FAILURES, main="clips")
         return {"clips": out.clips, INFO: out[INFO], FAILURES: out[FAILURES]}

@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 import apache_beam as beam
+from apache_beam import PTransform
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -182,21 +183,28 @@ class _KeepFirstFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(
                 FAILURES,
                 failure_row(video_id, other.uri, "input", "DuplicateVideoId",
-                            f"video_id {video_id!r} is already used by {requests[0].uri!r}"),
+                            f"video_id {video_id!r} is already used by {requests[0].uri!r}",
+                            segment=(other.start_sec, other.end_sec)),
             )
 
 
 class ReadVideoRequests(beam.PTransform):
     """--input -> PCollection[VideoRequest] (main) and failure rows (tag `failures`)."""
 
-    def __init__(self, spec: str):
+    def __init__(self, spec: str | None, retry: PTransform | None = None):
+        """Reads `spec` (a glob or a manifest), or, given `retry`, the manifest rows it yields."""
         super().__init__()
+        if (spec is None) == (retry is None):
+            raise ValueError("give an input spec or a retry source, not both")
         self._spec = spec
-        self._manifest = None if input_kind(spec) == "glob" else ReadManifestRows(spec, "uri", comments=True)
+        self._retry = retry
+        self._manifest = None if retry or input_kind(spec) == "glob" else ReadManifestRows(spec, "uri", comments=True)
 
     def expand(self, pbegin):
         failures = []
-        if self._manifest is None:
+        if self._retry is not None:
+            rows = pbegin | "RetryFailures" >> self._retry
+        elif self._manifest is None:
             rows = (
                 pbegin
                 | "MatchVideos" >> fileio.MatchFiles(self._spec)

@@ -57,10 +57,14 @@ def failure_row(
     message: str,
     transient: bool = False,
     clips_kept: int = 0,
+    segment: tuple[float | None, float | None] = (None, None),
 ) -> dict[str, Any]:
+    """A row of the failures table; `segment` is the (start_sec, end_sec) asked for, so a retry asks again."""
     return {
         "video_id": video_id,
         "uri": uri,
+        "segment_start_sec": segment[0],
+        "segment_end_sec": segment[1],
         "stage": stage,
         "error_type": error_type,
         "message": message,

@@ -57,6 +57,8 @@ VIDEOS_SCHEMA = pa.schema([
 FAILURES_SCHEMA = pa.schema([
     ("video_id", pa.string()),
     ("uri", pa.string()),
+    ("segment_start_sec", pa.float64()),
+    ("segment_end_sec", pa.float64()),
     ("stage", pa.string()),  # input | open | decode | inference | assemble
     ("error_type", pa.string()),
     ("message", pa.string()),

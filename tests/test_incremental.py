@@ -1,0 +1,200 @@
+"""Incremental runs and fault tolerance: skip finished videos, retry failures, transient errors, crashes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+from apache_beam.io.localfilesystem import LocalFileSystem
+
+from pipeline import extract
+from pipeline.runner import read_summary
+from synthetic.videos import write_video
+
+FAST = ["--size", "64", "--frames_per_clip", "8", "--fps", "5"]
+
+
+def rows(prefix: str, table: str) -> list[dict]:
+    path = os.path.join(prefix, table)
+    return ds.dataset(path, format="parquet").to_table().to_pylist() if os.path.isdir(path) else []
+
+
+def manifest(path, uris: list[str]) -> str:
+    path.write_text("\n".join(uris) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inc_videos")
+    return [write_video(str(d / f"v{i}.mp4"), 20 + 5 * i, fps=10, width=64, height=48) for i in range(4)]
+
+
+def test_skip_done_decodes_only_new_videos(videos, standin_dir, tmp_path):
+    first, second = str(tmp_path / "day1"), str(tmp_path / "day2")
+    m1 = manifest(tmp_path / "m1.txt", videos[:2])
+    assert extract.main(["--input", m1, "--output_prefix", first, "--model", standin_dir, *FAST]) == 0
+    m2 = manifest(tmp_path / "m2.txt", videos[:3])
+    assert extract.main(["--input", m2, "--output_prefix", second, "--model", standin_dir, *FAST,
+                         "--skip_done", first]) == 0
+    summary = read_summary(second)
+    assert summary["counters"]["videos_decoded"] == 1  # only the new one was decoded
+    assert summary["counts"]["videos_skipped_done"] == 2
+    union = [r["uri"] for r in rows(first, "videos") + rows(second, "videos")]
+    assert sorted(union) == sorted(videos[:3])  # every video exactly once
+    assert {r["uri"] for r in rows(second, "clips")} == {videos[2]}
+
+
+def test_skip_done_ignores_runs_with_other_preprocessing(videos, standin_dir, tmp_path):
+    first, second = str(tmp_path / "a"), str(tmp_path / "b")
+    m = manifest(tmp_path / "m.txt", videos[:1])
+    assert extract.main(["--input", m, "--output_prefix", first, "--model", standin_dir, *FAST]) == 0
+    other = ["--size", "32", "--frames_per_clip", "8", "--fps", "5"]
+    assert extract.main(["--input", m, "--output_prefix", second, "--model", standin_dir, *other,
+                         "--skip_done", first]) == 0
+    assert read_summary(second)["counters"]["videos_decoded"] == 1
+    assert read_summary(second)["counts"]["videos_skipped_done"] == 0
+
+
+def test_a_failure_retried_after_the_file_is_fixed_ends_up_in_videos(videos, standin_dir, tmp_path):
+    broken = tmp_path / "late_upload.mp4"
+    broken.write_bytes(b"\x00" * 100)
+    first, retry = str(tmp_path / "run"), str(tmp_path / "retry")
+    m = manifest(tmp_path / "m.txt", [videos[0], str(broken)])
+    assert extract.main(["--input", m, "--output_prefix", first, "--model", standin_dir, *FAST]) == 0
+    failed = rows(first, "failures")
+    assert [f["uri"] for f in failed] == [str(broken)]
+    write_video(str(broken), 20, fps=10)  # the upload completes
+    assert extract.main(["--retry_failures", first, "--output_prefix", retry, "--model", standin_dir, *FAST,
+                         "--retry_stages", "open"]) == 0
+    assert [r["uri"] for r in rows(retry, "videos")] == [str(broken)]
+    assert [r["video_id"] for r in rows(retry, "videos")] == [failed[0]["video_id"]]  # the same id as before
+    assert rows(retry, "failures") == []
+    assert read_summary(retry)["counts"]["failures_retried"] == 1
+
+
+def test_retry_filters_by_stage(videos, standin_dir, tmp_path):
+    broken = tmp_path / "b.mp4"
+    broken.write_bytes(b"\x00" * 100)
+    first, retry = str(tmp_path / "run"), str(tmp_path / "retry")
+    assert extract.main(["--input", manifest(tmp_path / "m.txt", [str(broken)]), "--output_prefix", first,
+                         "--model", standin_dir, *FAST]) == 0
+    assert extract.main(["--retry_failures", first, "--output_prefix", retry, "--model", standin_dir, *FAST,
+                         "--retry_stages", "inference"]) == 0
+    assert rows(retry, "videos") == [] and rows(retry, "failures") == []
+    assert read_summary(retry)["counts"]["failures_retried"] == 0
+
+
+class FlakyFileSystem(LocalFileSystem):
+    """flaky:///path is /path, but opening fails with a timeout the first `failures_left[path]` times."""
+
+    failures_left: dict[str, int] = {}
+    opens: dict[str, int] = {}
+
+    @classmethod
+    def scheme(cls):
+        return "flaky"
+
+    def open(self, path, mime_type="application/octet-stream", compression_type=None):
+        local = path[len("flaky://"):]
+        FlakyFileSystem.opens[local] = FlakyFileSystem.opens.get(local, 0) + 1
+        if FlakyFileSystem.failures_left.get(local, 0) > 0:
+            FlakyFileSystem.failures_left[local] -= 1
+            raise TimeoutError(f"simulated timeout reading {path}")
+        if not os.path.exists(local):
+            raise FileNotFoundError(local)
+        return super().open(local, mime_type, "uncompressed")
+
+
+def test_transient_errors_are_retried_and_permanent_ones_are_not(videos, standin_dir, tmp_path):
+    missing = str(tmp_path / "gone.mp4")
+    FlakyFileSystem.failures_left = {videos[1]: 2}
+    FlakyFileSystem.opens = {}
+    prefix = str(tmp_path / "out")
+    m = manifest(tmp_path / "m.txt", [f"flaky://{videos[1]}", f"flaky://{missing}"])
+    assert extract.main(["--input", m, "--output_prefix", prefix, "--model", standin_dir, *FAST,
+                         "--io_retry_backoff_sec", "0.01"]) == 0
+    assert [r["uri"] for r in rows(prefix, "videos")] == [f"flaky://{videos[1]}"]
+    assert FlakyFileSystem.opens[videos[1]] == 3  # two timeouts, then success
+    failures = rows(prefix, "failures")
+    assert [(f["uri"], f["error_type"], f["transient"]) for f in failures] == [(f"flaky://{missing}", "OpenError", False)]
+    assert FlakyFileSystem.opens[missing] == 1  # permanent: not retried
+    assert read_summary(prefix)["counts"]["io_retries"] == 2
+
+
+def test_a_transient_error_that_persists_becomes_a_transient_failure(videos, standin_dir, tmp_path):
+    FlakyFileSystem.failures_left = {videos[2]: 100}
+    FlakyFileSystem.opens = {}
+    prefix = str(tmp_path / "out")
+    m = manifest(tmp_path / "m.txt", [f"flaky://{videos[2]}"])
+    assert extract.main(["--input", m, "--output_prefix", prefix, "--model", standin_dir, *FAST,
+                         "--io_retries", "2", "--io_retry_backoff_sec", "0.01"]) == 0
+    failures = rows(prefix, "failures")
+    assert [(f["error_type"], f["transient"]) for f in failures] == [("OpenError", True)]
+    assert FlakyFileSystem.opens[videos[2]] == 3
+
+
+def test_same_input_gives_the_same_rows(videos, standin_dir, tmp_path):
+    m = manifest(tmp_path / "m.txt", videos[:2])
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    for prefix in (a, b):
+        assert extract.main(["--input", m, "--output_prefix", prefix, "--model", standin_dir, *FAST]) == 0
+    for table in ("clips", "videos"):
+        ra = sorted(rows(a, table), key=lambda r: (r["video_id"], r.get("clip_index", 0)))
+        rb = sorted(rows(b, table), key=lambda r: (r["video_id"], r.get("clip_index", 0)))
+        assert len(ra) == len(rb) > 0
+        for x, y in zip(ra, rb, strict=True):
+            assert {k: v for k, v in x.items() if k not in ("mixed_5c", "video_embedding")} == \
+                {k: v for k, v in y.items() if k not in ("mixed_5c", "video_embedding")}
+            np.testing.assert_array_equal(x["video_embedding"], y["video_embedding"])
+
+
+def _final_files(prefix: str) -> list[str]:
+    found = []
+    for table in ("clips", "videos", "failures"):
+        d = os.path.join(prefix, table)
+        if os.path.isdir(d):
+            found += [f for f in os.listdir(d) if f.endswith(".parquet")]
+    return found
+
+
+def test_a_killed_run_leaves_nothing_final_and_the_next_run_completes(tmp_path, standin_dir):
+    many = [write_video(str(tmp_path / f"k{i}.mp4"), 60, fps=10, width=64, height=48) for i in range(8)]
+    m = manifest(tmp_path / "m.txt", many)
+    prefix = str(tmp_path / "out")
+    args = ["--input", m, "--output_prefix", prefix, "--model", standin_dir, "--size", "96", "--frames_per_clip", "16"]
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.extract", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    temp_seen = False
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        clips_dir = os.path.join(prefix, "clips")
+        if os.path.isdir(clips_dir) and any(n.startswith("beam-temp") for n in os.listdir(clips_dir)):
+            temp_seen = True  # the first clips are being written
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the job finished before it could be killed; give it more work"
+    assert temp_seen
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _final_files(prefix) == []
+    assert read_summary(prefix) is None
+    assert extract.main(args) == 0
+    assert len(rows(prefix, "videos")) == 8 and read_summary(prefix)["status"] == "complete"
+    leftovers = [n for t in ("clips", "videos", "failures") for n in os.listdir(os.path.join(prefix, t))
+                 if n.startswith("beam-temp")]
+    assert leftovers == []
+
+
+def test_retry_options_are_checked(tmp_path, capsys):
+    assert extract.main(["--retry_failures", str(tmp_path / "nothing"), "--output_prefix", str(tmp_path / "o")]) == 2
+    assert "matches no files" in capsys.readouterr().err
+    m = manifest(tmp_path / "m.txt", ["/x.mp4"])
+    assert extract.main(["--input", m, "--retry_stages", "open", "--output_prefix", str(tmp_path / "o")]) == 2
+    assert "go with --retry_failures" in capsys.readouterr().err
