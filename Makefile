@@ -9,11 +9,16 @@ STANDIN := $(CACHE)/models/standin
 # TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) hides real output.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help venv browser test demo bench lint clean
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
+AIRFLOW_HOME_DIR := $(CACHE)/airflow_home
+
+.PHONY: help venv browser test test-airflow demo bench lint clean
 
 help:
 	@echo "make demo   - create the environment if needed, then run the demo on the bundled stand-in model"
 	@echo "make test   - create the environment if needed, then run the test suite"
+	@echo "make test-airflow - the Airflow DAG in its own environment (.venv-airflow), with a real run"
 	@echo "make bench  - run the benchmarks and rewrite BENCHMARKS.md"
 	@echo "make lint   - ruff"
 	@echo "make clean  - remove the environment and caches"
@@ -23,7 +28,7 @@ venv: $(STAMP)
 $(STAMP): setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,convert]'
+	$(PY) -m pip install --quiet -e '.[dev,convert,gcp]'
 	@touch $(STAMP)
 
 $(STANDIN)/saved_model.pb: $(STAMP)
@@ -41,6 +46,20 @@ browser:
 test: $(STAMP) browser
 	$(PY) -m pytest -q tests
 
+$(AIRFLOW_STAMP): deploy/airflow/requirements.txt
+	@test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet -r deploy/airflow/requirements.txt
+	@touch $(AIRFLOW_STAMP)
+
+# Airflow in its own environment; the DAG runs the job with the project's interpreter.
+test-airflow: $(STAMP) $(AIRFLOW_STAMP)
+	rm -rf $(AIRFLOW_HOME_DIR) && mkdir -p $(AIRFLOW_HOME_DIR)
+	export AIRFLOW_HOME=$(abspath $(AIRFLOW_HOME_DIR)) AIRFLOW__CORE__LOAD_EXAMPLES=False \
+	  AIRFLOW__CORE__DAGS_FOLDER=$(abspath deploy/airflow/dags) S3D_PYTHON=$(abspath $(PY)); \
+	  $(AIRFLOW_VENV)/bin/airflow db migrate > $(AIRFLOW_HOME_DIR)/db_migrate.log 2>&1 && \
+	  $(AIRFLOW_VENV)/bin/python -m pytest -q -p no:cacheprovider deploy/airflow/tests
+
 demo: $(STAMP) $(STANDIN)/saved_model.pb
 	$(PY) -m pipeline.demo --model $(STANDIN)
 
@@ -51,4 +70,4 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf $(VENV) $(CACHE)
+	rm -rf $(VENV) $(AIRFLOW_VENV) $(CACHE)

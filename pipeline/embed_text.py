@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
 
     summary, path = launch(options, opts.output_prefix, TABLES, lambda p: build_pipeline(p, opts, model),
                            run_metadata(model), extra)
-    if is_local(options):
+    if summary["status"] == "dry_run":
+        print("dry run: the job was built and not submitted; no output was written", file=sys.stderr)
+    elif is_local(options):
         c = summary["counts"]
         print(f"\nS3D text embeddings: {c['texts']} sentences embedded, {c['failed']} failed, "
               f"in {summary['wall_seconds']:.1f}s\n  texts     {summary['tables']['texts']}\n  summary   {path}")

@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
 
     summary, path = launch(options, io.output_prefix, TABLES, lambda p: build_pipeline(p, io, opts, model),
                            run_metadata(opts, model), extra)
-    if is_local(options):
+    if summary["status"] == "dry_run":
+        print("dry run: the job was built and not submitted; no output was written", file=sys.stderr)
+    elif is_local(options):
         print_summary(summary, path)
     return 0
 

@@ -22,7 +22,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
 from transforms.tables import table_glob
 
@@ -179,6 +179,9 @@ def parse_job_args(
     """Parses with a help text of this job's own options (Beam's are accepted and passed on)."""
     from pipeline.options import IOOptions
 
+    # `--option=` with nothing after it is the same as leaving the option out: schedulers and
+    # templates (Airflow, Flex Templates) pass every parameter, empty ones included.
+    argv = [a for a in argv if not (a.startswith("--") and a.endswith("=") and a.count("=") == 1)]
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=BEAM_EPILOG)
     IOOptions._add_argparse_args(parser, *io_help)
     for cls, group in option_classes:
@@ -201,6 +204,12 @@ def launch(
     Returns the summary and its path.
     """
     watch, started = Stopwatch(), utc_now()
+    if options.view_as(TestOptions).dry_run:
+        # Builds the job (on Dataflow: the job request, not sent); touches no output.
+        p = create_pipeline(options)
+        build(p)
+        p.run()
+        return {**metadata, "status": "dry_run"}, ""
     clear_previous_run(output_prefix, tables)
     p = create_pipeline(options)
     build(p)
