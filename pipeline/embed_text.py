@@ -16,7 +16,15 @@ from typing import Any
 import apache_beam as beam
 
 from pipeline.options import TEXT_INPUT_HELP, TEXT_OUTPUT_HELP, IOOptions, ModelOptions
-from pipeline.runner import CountRows, configure_logging, is_local, launch, package_version, parse_job_args
+from pipeline.runner import (
+    CountRows,
+    WriteRunSummary,
+    configure_logging,
+    is_local,
+    launch,
+    package_version,
+    parse_job_args,
+)
 from transforms.inference import Embed
 from transforms.inputs import BAD_LINES, ReadManifestRows, check_input
 from transforms.records import TextItem
@@ -62,9 +70,13 @@ def build_pipeline(p: beam.Pipeline, opts: IOOptions, model: ModelOptions) -> di
         lambda b: text_failure(derive_text_id(b["line"]), b["line"][:500], "input", b["error_type"], b["message"]))
     failures = (items[FAILURES], inference_failures, bad_lines) | "AllFailures" >> beam.Flatten()
     tables = {"texts": embedded["rows"], "text_failures": failures}
+    written = {}
     for name, table_rows in tables.items():
         title = "".join(part.capitalize() for part in name.split("_"))
-        _ = table_rows | f"Count{title}" >> CountRows(name) | f"Write{title}" >> WriteTable(opts.output_prefix, name, metadata)
+        written[name] = (table_rows | f"Count{title}" >> CountRows(name)
+                         | f"Write{title}" >> WriteTable(opts.output_prefix, name, metadata))
+    _ = written | "WriteRunSummary" >> WriteRunSummary(
+        opts.output_prefix, metadata, {"texts": "texts", "failed": "text_failures"})
     return tables
 
 

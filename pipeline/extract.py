@@ -16,7 +16,15 @@ import apache_beam as beam
 
 from pipeline.options import EXTRACT_INPUT_HELP, EXTRACT_OUTPUT_HELP, ExtractOptions, IOOptions, ModelOptions
 from pipeline.report import failure_reasons, print_summary
-from pipeline.runner import CountRows, configure_logging, is_local, launch, package_version, parse_job_args
+from pipeline.runner import (
+    CountRows,
+    WriteRunSummary,
+    configure_logging,
+    is_local,
+    launch,
+    package_version,
+    parse_job_args,
+)
 from transforms.assemble import AssembleVideos
 from transforms.decode import DecodeClips
 from transforms.incremental import ReadFailuresAsInput, SkipDone, matching_table_files
@@ -71,9 +79,12 @@ def build_pipeline(
     } | "AssembleVideos" >> AssembleVideos()
     failures = (inputs["failures"], decoded["failures"], assembled["failures"]) | "AllFailures" >> beam.Flatten()
     tables = {"clips": embedded["rows"], "videos": assembled["videos"], "failures": failures}
+    written = {}
     for name, rows in tables.items():
         title = name.capitalize()
-        _ = rows | f"Count{title}" >> CountRows(name) | f"Write{title}" >> WriteTable(io.output_prefix, name, metadata)
+        written[name] = rows | f"Count{title}" >> CountRows(name) | f"Write{title}" >> WriteTable(io.output_prefix, name, metadata)
+    _ = written | "WriteRunSummary" >> WriteRunSummary(
+        io.output_prefix, metadata, {"videos_ok": "videos", "videos_failed": "failures", "clips": "clips"})
     return tables
 
 

@@ -146,6 +146,54 @@ class Stopwatch:
         return time.monotonic() - self.start
 
 
+class WriteRunSummary(beam.PTransform):
+    """Writes PREFIX/run_summary.json once every table's files are final: the completion marker.
+
+    Part of the graph, so it works on any runner and without a launcher that waits (a Flex
+    Template launch). Row counts come from the finished files' Parquet footers. A launcher
+    that waits for the job then adds the job's metrics to it.
+
+    Args:
+        counts: summary count name -> the table whose rows it counts.
+    """
+
+    def __init__(self, output_prefix: str, metadata: dict[str, Any], counts: dict[str, str]):
+        super().__init__()
+        self._prefix = output_prefix
+        self._metadata = metadata
+        self._counts = counts
+
+    def expand(self, written: dict[str, beam.PCollection]):
+        tagged = [files | f"Tag{table.title().replace('_', '')}" >> beam.Map(lambda f, t=table: (t, f))
+                  for table, files in written.items()]
+        tables = list(written)
+        prefix, metadata, count_names = self._prefix, self._metadata, self._counts
+
+        def write(entries: list[tuple[str, str]]) -> str:
+            import pyarrow.parquet as pq
+
+            rows = dict.fromkeys(tables, 0)
+            for table, path in entries:
+                with FileSystems.open(path) as f:
+                    rows[table] += pq.read_metadata(f).num_rows
+            return write_summary(prefix, {
+                **metadata,
+                "status": "complete",
+                "output_prefix": prefix,
+                "finished": utc_now(),
+                "rows": rows,
+                "counts": {name: rows[table] for name, table in count_names.items()},
+                "tables": {t: table_glob(prefix, t) for t in tables},
+            })
+
+        return (
+            tuple(tagged)
+            | "AllFiles" >> beam.Flatten()
+            | "WhenAllFinal" >> beam.combiners.ToList()
+            | "WriteSummary" >> beam.Map(write)
+        )
+
+
 class CountRows(beam.PTransform):
     """Counts the rows that reach a table (metric `rows_<table>`), passing them through."""
 
@@ -216,16 +264,17 @@ def launch(
     result = p.run()
     result.wait_until_finish()
     counts = counters(result)
-    summary = {
-        **metadata,
-        "status": "complete",
-        "output_prefix": output_prefix,
+    # The graph wrote the summary when the tables were final; add what only the launcher knows.
+    summary = read_summary(output_prefix) or {**metadata, "status": "complete", "output_prefix": output_prefix}
+    extras = extra(counts)
+    summary.update({
         "started": started,
         "finished": utc_now(),
         "wall_seconds": round(watch.seconds, 2),
         "counters": counts,
         "distributions": distributions(result),
         "tables": {t: table_glob(output_prefix, t) for t in tables},
-        **extra(counts),
-    }
+        **{k: v for k, v in extras.items() if k != "counts"},
+    })
+    summary["counts"] = {**summary.get("counts", {}), **extras.get("counts", {})}
     return summary, write_summary(output_prefix, summary)

@@ -221,3 +221,23 @@ def test_bad_inputs_fail_at_launch(tmp_path, capsys):
     with pytest.raises(SystemExit):
         extract.main(["--input", str(bad_csv), "--fps", "fast"])
     assert "--fps takes a number or 'native'" in capsys.readouterr().err
+
+
+def test_the_graph_itself_writes_the_summary_when_the_tables_are_final(corpus, standin_dir, tmp_path):
+    """No launcher waiting (a Flex Template launch): the job still marks its own completion."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.options import ExtractOptions, IOOptions, ModelOptions
+    from pipeline.runner import create_pipeline
+
+    prefix = str(tmp_path / "graph_only")
+    manifest = write_manifest(str(tmp_path / "m.csv"), [{"video_id": "a", "uri": corpus["good"]["a"]},
+                                                        {"video_id": "text", "uri": str(corpus["dir"] / "text.mp4")}])
+    options = PipelineOptions(["--input", manifest, "--output_prefix", prefix, "--model", standin_dir, *FAST])
+    p = create_pipeline(options)
+    extract.build_pipeline(p, options.view_as(IOOptions), options.view_as(ExtractOptions), options.view_as(ModelOptions))
+    p.run().wait_until_finish()
+    summary = read_summary(prefix)
+    assert summary["status"] == "complete" and "counters" not in summary  # written by the graph, not the launcher
+    assert summary["counts"] == {"videos_ok": 1, "videos_failed": 1, "clips": 2}
+    assert summary["rows"]["clips"] == read_table(prefix, "clips").num_rows == 2

@@ -298,6 +298,13 @@ def test_unreachable_hub_names_the_handle_and_what_to_do(tmp_path, monkeypatch):
     assert handle in str(info.value) and "TFHUB_CACHE_DIR" in str(info.value)
 
 
+def test_unreadable_gcs_path_names_the_handle():
+    handle = "gs://no-such-bucket-s3d-test/models/mil-nce"  # no network here: unreadable, not missing
+    with pytest.raises(ModelLoadError) as info:
+        load_s3d(handle)
+    assert handle in str(info.value) and "--model" in str(info.value)
+
+
 def test_a_savedmodel_without_the_signatures_is_refused(tmp_path):
     module = tf.Module()
     module.f = tf.function(lambda x: {"y": x * 2}, input_signature=[tf.TensorSpec([None], tf.float32)])
