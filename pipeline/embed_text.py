@@ -17,8 +17,7 @@ import apache_beam as beam
 
 from pipeline.options import TEXT_INPUT_HELP, TEXT_OUTPUT_HELP, IOOptions, ModelOptions
 from pipeline.runner import (
-    CountRows,
-    WriteRunSummary,
+    WriteTables,
     configure_logging,
     is_local,
     launch,
@@ -28,7 +27,6 @@ from pipeline.runner import (
 from transforms.inference import Embed
 from transforms.inputs import BAD_LINES, ReadManifestRows, check_input
 from transforms.records import TextItem
-from transforms.tables import WriteTable
 
 TABLES = ("texts", "text_failures")
 FAILURES = "failures"
@@ -70,13 +68,7 @@ def build_pipeline(p: beam.Pipeline, opts: IOOptions, model: ModelOptions) -> di
         lambda b: text_failure(derive_text_id(b["line"]), b["line"][:500], "input", b["error_type"], b["message"]))
     failures = (items[FAILURES], inference_failures, bad_lines) | "AllFailures" >> beam.Flatten()
     tables = {"texts": embedded["rows"], "text_failures": failures}
-    written = {}
-    for name, table_rows in tables.items():
-        title = "".join(part.capitalize() for part in name.split("_"))
-        written[name] = (table_rows | f"Count{title}" >> CountRows(name)
-                         | f"Write{title}" >> WriteTable(opts.output_prefix, name, metadata))
-    _ = written | "WriteRunSummary" >> WriteRunSummary(
-        opts.output_prefix, metadata, {"texts": "texts", "failed": "text_failures"})
+    _ = tables | "WriteTables" >> WriteTables(opts.output_prefix, metadata, {"texts": "texts", "failed": "text_failures"})
     return tables
 
 

@@ -17,8 +17,7 @@ import apache_beam as beam
 from pipeline.options import EXTRACT_INPUT_HELP, EXTRACT_OUTPUT_HELP, ExtractOptions, IOOptions, ModelOptions
 from pipeline.report import failure_reasons, print_summary
 from pipeline.runner import (
-    CountRows,
-    WriteRunSummary,
+    WriteTables,
     configure_logging,
     is_local,
     launch,
@@ -30,7 +29,7 @@ from transforms.decode import DecodeClips
 from transforms.incremental import ReadFailuresAsInput, SkipDone, matching_table_files
 from transforms.inference import Embed
 from transforms.inputs import ReadVideoRequests, check_input
-from transforms.tables import WriteTable, table_glob
+from transforms.tables import table_glob
 
 TABLES = ("clips", "videos", "failures")
 
@@ -79,11 +78,7 @@ def build_pipeline(
     } | "AssembleVideos" >> AssembleVideos()
     failures = (inputs["failures"], decoded["failures"], assembled["failures"]) | "AllFailures" >> beam.Flatten()
     tables = {"clips": embedded["rows"], "videos": assembled["videos"], "failures": failures}
-    written = {}
-    for name, rows in tables.items():
-        title = name.capitalize()
-        written[name] = rows | f"Count{title}" >> CountRows(name) | f"Write{title}" >> WriteTable(io.output_prefix, name, metadata)
-    _ = written | "WriteRunSummary" >> WriteRunSummary(
+    _ = tables | "WriteTables" >> WriteTables(
         io.output_prefix, metadata, {"videos_ok": "videos", "videos_failed": "failures", "clips": "clips"})
     return tables
 

@@ -24,7 +24,7 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
-from transforms.tables import table_glob
+from transforms.tables import WriteTable, table_glob
 
 SUMMARY_NAME = "run_summary.json"
 LOCAL_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner")
@@ -209,6 +209,28 @@ class CountRows(beam.PTransform):
             return row
 
         return rows | beam.Map(count)
+
+
+class WriteTables(beam.PTransform):
+    """Rows of each table -> counted, written as Parquet shards, then the run summary once all are final.
+
+    Args:
+        counts: summary count name -> the table whose rows it counts.
+    """
+
+    def __init__(self, output_prefix: str, metadata: dict[str, Any], counts: dict[str, str]):
+        super().__init__()
+        self._prefix = output_prefix
+        self._metadata = metadata
+        self._counts = counts
+
+    def expand(self, tables: dict[str, beam.PCollection]):
+        written = {}
+        for name, rows in tables.items():
+            title = "".join(part.capitalize() for part in name.split("_"))
+            written[name] = (rows | f"Count{title}" >> CountRows(name)
+                             | f"Write{title}" >> WriteTable(self._prefix, name, self._metadata))
+        return written | "WriteRunSummary" >> WriteRunSummary(self._prefix, self._metadata, self._counts)
 
 
 BEAM_EPILOG = (

@@ -56,7 +56,8 @@ def test_dataflow_job_has_the_steps_and_the_setup_file(tmp_path, monkeypatch):
     job, proto = build_job(dataflow_args(tmp_path, "--setup_file", "./setup.py"))
     names = {t.unique_name for t in proto.components.transforms.values()}
     for step in ("ReadInput", "Reshuffle", "DecodeClips", "EmbedClips", "AssembleVideos",
-                 "WriteClips", "WriteVideos", "WriteFailures"):
+                 "WriteTables/WriteClips", "WriteTables/WriteVideos", "WriteTables/WriteFailures",
+                 "WriteTables/WriteRunSummary"):
         assert step in names, step
     assert not transforms_with_accelerator(proto)  # no hint unless asked for
     # The package travels to the workers as an sdist built from setup.py.
@@ -74,7 +75,7 @@ def test_accelerator_hint_is_on_the_inference_step_only(tmp_path, monkeypatch):
     hinted = transforms_with_accelerator(proto)
     assert hinted and all(name.startswith("EmbedClips") for name in hinted)
     assert any(name.endswith("RunInference") or "RunInference" in name for name in hinted)
-    assert not any(name.startswith(("DecodeClips", "ReadInput", "Write")) for name in hinted)
+    assert not any(name.startswith(("DecodeClips", "ReadInput", "WriteTables")) for name in hinted)
     images = {env.payload for env in proto.components.environments.values()}
     assert any(image.encode() in payload for payload in images)
 
