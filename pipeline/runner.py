@@ -146,54 +146,6 @@ class Stopwatch:
         return time.monotonic() - self.start
 
 
-class WriteRunSummary(beam.PTransform):
-    """Writes PREFIX/run_summary.json once every table's files are final: the completion marker.
-
-    Part of the graph, so it works on any runner and without a launcher that waits (a Flex
-    Template launch). Row counts come from the finished files' Parquet footers. A launcher
-    that waits for the job then adds the job's metrics to it.
-
-    Args:
-        counts: summary count name -> the table whose rows it counts.
-    """
-
-    def __init__(self, output_prefix: str, metadata: dict[str, Any], counts: dict[str, str]):
-        super().__init__()
-        self._prefix = output_prefix
-        self._metadata = metadata
-        self._counts = counts
-
-    def expand(self, written: dict[str, beam.PCollection]):
-        tagged = [files | f"Tag{table.title().replace('_', '')}" >> beam.Map(lambda f, t=table: (t, f))
-                  for table, files in written.items()]
-        tables = list(written)
-        prefix, metadata, count_names = self._prefix, self._metadata, self._counts
-
-        def write(entries: list[tuple[str, str]]) -> str:
-            import pyarrow.parquet as pq
-
-            rows = dict.fromkeys(tables, 0)
-            for table, path in entries:
-                with FileSystems.open(path) as f:
-                    rows[table] += pq.read_metadata(f).num_rows
-            return write_summary(prefix, {
-                **metadata,
-                "status": "complete",
-                "output_prefix": prefix,
-                "finished": utc_now(),
-                "rows": rows,
-                "counts": {name: rows[table] for name, table in count_names.items()},
-                "tables": {t: table_glob(prefix, t) for t in tables},
-            })
-
-        return (
-            tuple(tagged)
-            | "AllFiles" >> beam.Flatten()
-            | "WhenAllFinal" >> beam.combiners.ToList()
-            | "WriteSummary" >> beam.Map(write)
-        )
-
-
 class CountRows(beam.PTransform):
     """Counts the rows that reach a table (metric `rows_<table>`), passing them through."""
 
@@ -212,7 +164,12 @@ class CountRows(beam.PTransform):
 
 
 class WriteTables(beam.PTransform):
-    """Rows of each table -> counted, written as Parquet shards, then the run summary once all are final.
+    """Rows of each table -> counted, written as Parquet shards; then PREFIX/run_summary.json.
+
+    The summary is the completion marker, written once every table's files are final. It is
+    part of the graph, so it works on any runner and without a launcher that waits (a Flex
+    Template launch); row counts come from the finished files' Parquet footers. A launcher
+    that waits for the job then adds the job's metrics to it.
 
     Args:
         counts: summary count name -> the table whose rows it counts.
@@ -225,12 +182,35 @@ class WriteTables(beam.PTransform):
         self._counts = counts
 
     def expand(self, tables: dict[str, beam.PCollection]):
-        written = {}
+        files = []
         for name, rows in tables.items():
             title = "".join(part.capitalize() for part in name.split("_"))
-            written[name] = (rows | f"Count{title}" >> CountRows(name)
-                             | f"Write{title}" >> WriteTable(self._prefix, name, self._metadata))
-        return written | "WriteRunSummary" >> WriteRunSummary(self._prefix, self._metadata, self._counts)
+            written = (rows | f"Count{title}" >> CountRows(name)
+                       | f"Write{title}" >> WriteTable(self._prefix, name, self._metadata))
+            files.append(written | f"Tag{title}" >> beam.Map(lambda path, t=name: (t, path)))
+        return (
+            tuple(files)
+            | "AllFiles" >> beam.Flatten()
+            | "WhenAllFinal" >> beam.combiners.ToList()
+            | "WriteRunSummary" >> beam.Map(self._write_summary, list(tables))
+        )
+
+    def _write_summary(self, entries: list[tuple[str, str]], tables: list[str]) -> str:
+        import pyarrow.parquet as pq
+
+        rows = dict.fromkeys(tables, 0)
+        for table, path in entries:
+            with FileSystems.open(path) as f:
+                rows[table] += pq.read_metadata(f).num_rows
+        return write_summary(self._prefix, {
+            **self._metadata,
+            "status": "complete",
+            "output_prefix": self._prefix,
+            "finished": utc_now(),
+            "rows": rows,
+            "counts": {name: rows[table] for name, table in self._counts.items()},
+            "tables": {t: table_glob(self._prefix, t) for t in tables},
+        })
 
 
 BEAM_EPILOG = (
