@@ -236,7 +236,7 @@ def search_section(model: str, log: Callable[[str], None]) -> str:
         )
     lines += [
         "",
-        "With one query the work is reading 2 GB of embeddings (about 1.2 GB/s here), which the in-memory "
+        "With one query the work is reading 2 GB of embeddings, which the in-memory "
         "figure leaves out; with more queries per pass the streaming search is compute-bound like the matmul.",
     ]
     return "\n".join(lines)
