@@ -99,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                            run_metadata(model), extra)
     if summary["status"] == "dry_run":
         print("dry run: the job was built and not submitted; no output was written", file=sys.stderr)
+    elif summary["status"] == "submitted":
+        print(f"submitted; the job writes {path} when it completes", file=sys.stderr)
     elif is_local(options):
         c = summary["counts"]
         print(f"\nS3D text embeddings: {c['texts']} sentences embedded, {c['failed']} failed, "

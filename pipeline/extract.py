@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                            run_metadata(opts, model), extra)
     if summary["status"] == "dry_run":
         print("dry run: the job was built and not submitted; no output was written", file=sys.stderr)
+    elif summary["status"] == "submitted":
+        print(f"submitted; the job writes {path} when it completes", file=sys.stderr)
     elif is_local(options):
         print_summary(summary, path)
     return 0

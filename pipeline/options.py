@@ -120,6 +120,11 @@ class IOOptions(PipelineOptions):
         group = parser.add_argument_group("input and output")
         group.add_argument("--input", help=input_help or "what the job reads (see the job's --help)")
         group.add_argument("--output_prefix", help=output_help or "where the job writes its tables and run summary")
+        group.add_argument("--wait", type=_boolean, nargs="?", const=True, default=True,
+                           help="wait for the job to finish, then add its metrics to the run summary and print "
+                           "it (default: true); --wait=false submits and returns, as a Flex Template launch "
+                           "should (the job still writes its run summary when its tables are final); local "
+                           "runs always wait")
 
     def validate_io(self, what: str) -> None:
         if not self.input:

@@ -25,6 +25,7 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
+from pipeline.options import IOOptions
 from transforms.tables import WriteTable, table_glob
 
 SUMMARY_NAME = "run_summary.json"
@@ -230,8 +231,6 @@ def parse_job_args(
     option_classes: list[tuple[type[PipelineOptions], str | None]],
 ) -> PipelineOptions:
     """Parses with a help text of this job's own options (Beam's are accepted and passed on)."""
-    from pipeline.options import IOOptions
-
     # `--option=` with nothing after it is the same as leaving the option out: schedulers and
     # templates (Airflow, Flex Templates) pass every parameter, empty ones included.
     argv = [a for a in argv if not (a.startswith("--") and a.endswith("=") and a.count("=") == 1)]
@@ -267,6 +266,8 @@ def launch(
     p = create_pipeline(options)
     build(p)
     result = p.run()
+    if not options.view_as(IOOptions).wait and not is_local(options):
+        return {**metadata, "status": "submitted"}, summary_path(output_prefix)
     result.wait_until_finish()
     counts = counters(result)
     # The graph wrote the summary when the tables were final; add what only the launcher knows.

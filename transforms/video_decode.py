@@ -256,6 +256,10 @@ class _Windower:
         return clip
 
     @property
+    def clips_emitted(self) -> int:
+        return self._clip_index
+
+    @property
     def done(self) -> bool:
         return self._starts is not None and not self._starts
 
@@ -453,7 +457,7 @@ class ClipReader:
                 yield from sample(*prev, upto=prev[1] + frame_dt_default)
             if windower is not None:
                 yield from windower.finish(frame_dt_default)
-                info.num_clips = windower._clip_index
+                info.num_clips = windower.clips_emitted
             raise CorruptStreamError(
                 self.uri, f"stream broke after {info.decoded_frames} frames: {type(e).__name__}: {e}",
                 clips_emitted=info.num_clips, at_sec=last_t,
@@ -468,7 +472,7 @@ class ClipReader:
         if info.sampled_frames == 0:
             raise NoFramesError(self.uri, f"no video frames{where}: the video has {last_time + last_dt:.2f}s")
         yield from windower.finish(frame_dt_default)
-        info.num_clips = windower._clip_index
+        info.num_clips = windower.clips_emitted
         info.dropped_tail_frames = windower.dropped
         decoded_to = last_time + last_dt
         if not windower.done and seg_start == 0 and seg_end is None:
