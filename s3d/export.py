@@ -69,16 +69,17 @@ def save_model(
 
 def export_standin(output: str, seed: int = 0, vocabulary: list[str] | None = None, vocab_source: str = "bundled") -> dict:
     """Exports the untrained stand-in: random weights from `seed`, the given or bundled vocabulary."""
-    from s3d.network import init_parameters
+    from s3d.network import calibrated_parameters, init_parameters
     from s3d.vocab import standin_vocabulary
 
     vocabulary = vocabulary if vocabulary is not None else standin_vocabulary()
-    params = init_parameters(len(vocabulary), seed)
+    params = calibrated_parameters(init_parameters(len(vocabulary), seed), vocabulary, seed)
     return save_model(
         output,
         params,
         vocabulary,
         {"kind": "standin", "trained": False, "seed": seed, "vocab_source": vocab_source,
+         "batchnorm": "running statistics calibrated on synthetic clips, so outputs depend on the input",
          "note": "untrained stand-in with the real module's architecture and interface; "
                  "its embeddings carry no meaning"},
     )

@@ -54,6 +54,32 @@ def init_parameters(vocab_size: int, seed: int) -> dict[str, np.ndarray]:
     return params
 
 
+def calibration_clips(seed: int, count: int = 4, frames: int = 16, size: int = 112) -> np.ndarray:
+    """Synthetic clips with video-like statistics (smooth, moving, coloured) to calibrate BatchNorm on."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(frames)[:, None, None, None]
+    y = np.arange(size)[None, :, None, None]
+    x = np.arange(size)[None, None, :, None]
+    clips = []
+    for _ in range(count):
+        freq = rng.uniform(0.02, 0.3, (1, 1, 1, 3))
+        speed = rng.uniform(-2, 2, (1, 1, 1, 3))
+        phase = rng.uniform(0, 2 * np.pi, (1, 1, 1, 3))
+        angle = rng.uniform(0, np.pi)
+        wave = np.sin(freq * (np.cos(angle) * x + np.sin(angle) * y + speed * t) + phase)
+        coarse = rng.uniform(0, 1, (frames // 4 + 1, size // 16 + 1, size // 16 + 1, 3))
+        blocks = coarse.repeat(4, 0)[:frames].repeat(16, 1)[:, :size].repeat(16, 2)[:, :, :size]
+        clips.append(np.clip(0.5 + 0.3 * wave + 0.4 * (blocks - 0.5), 0, 1))
+    return np.stack(clips).astype(np.float32)
+
+
+def calibrated_parameters(params: dict[str, np.ndarray], vocabulary: list[str], seed: int) -> dict[str, np.ndarray]:
+    """`params` with BatchNorm running statistics measured on synthetic clips (see calibrate_batchnorm)."""
+    network = S3DNetwork(params, vocabulary)
+    network.calibrate_batchnorm(tf.constant(calibration_clips(seed)))
+    return {key: variable.numpy() for key, variable in network.params.items()}
+
+
 def space_to_depth(images: tf.Tensor) -> tf.Tensor:
     """[B, T, H, W, C] -> [B, T/2, H/2, W/2, 8C] with channels ordered (dt, dh, dw, c)."""
     shape = tf.shape(images)
@@ -117,10 +143,28 @@ class S3DNetwork(tf.Module):
 
     # ---- video tower -------------------------------------------------------------------------
 
+    def calibrate_batchnorm(self, images: tf.Tensor) -> None:
+        """Sets every BatchNorm's running statistics to those of its input on `images` (eagerly).
+
+        For the untrained stand-in only: with random statistics a deep random network maps
+        every clip to nearly the same embedding; calibrated, its outputs depend on the input
+        the way a trained network's do, which keeps search tests and demos honest.
+        """
+        self._calibrating = True
+        try:
+            self.embed_video(images)
+        finally:
+            self._calibrating = False
+
     def _stconv(self, x: tf.Tensor, conv: STConv) -> tf.Tensor:
         for stage, *_ in conv_stages(conv):
             p = self.params
             bn = f"{conv.name}.bn{stage}"
+            if getattr(self, "_calibrating", False):
+                z = conv3d_same(x, p[f"{conv.name}.conv{stage}.weight"])
+                mean, var = tf.nn.moments(z, axes=[0, 1, 2, 3])
+                p[f"{bn}.running_mean"].assign(mean)
+                p[f"{bn}.running_var"].assign(var)
             scale = p[f"{bn}.weight"] * tf.math.rsqrt(p[f"{bn}.running_var"] + BN_EPSILON)
             shift = p[f"{bn}.bias"] - p[f"{bn}.running_mean"] * scale
             # BatchNorm in inference mode folded into the kernel: one multiply on the weights.

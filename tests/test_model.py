@@ -82,9 +82,21 @@ def test_batch_of_three_equals_clips_one_by_one(standin_model, t, size):
     assert mixed_5c.shape == (3, 1024) and embedding.shape == (3, 512)
     for i in range(3):
         m1, e1 = standin_model.embed_video(clips[i])
-        np.testing.assert_allclose(m1[0], mixed_5c[i], rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(e1[0], embedding[i], rtol=1e-4, atol=1e-5)
+        # Equal up to float32 summation order (batched convolutions block differently).
+        assert np.abs(m1[0] - mixed_5c[i]).max() <= 1e-4 * np.abs(mixed_5c[i]).max()
+        assert np.abs(e1[0] - embedding[i]).max() <= 1e-4 * np.abs(embedding[i]).max()
     assert not np.allclose(embedding[0], embedding[1])  # different clips, different embeddings
+
+
+def test_standin_embeddings_depend_on_the_input(standin_model):
+    """BatchNorm calibration at export keeps the random network from mapping every clip to one vector."""
+    from s3d.network import calibration_clips
+
+    clips = calibration_clips(seed=99, count=4, frames=16, size=112)
+    _, emb = standin_model.embed_video(clips)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    cosine = unit @ unit.T
+    assert cosine[~np.eye(4, dtype=bool)].max() < 0.99
 
 
 @pytest.mark.parametrize("shape", [(1, 15, 224, 224, 3), (1, 16, 223, 224, 3), (1, 16, 224, 225, 3)])
