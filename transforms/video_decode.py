@@ -114,9 +114,6 @@ class VideoInfo:
     num_clips: int = 0
     dropped_tail_frames: int = 0  # sampled frames not in any clip because tail == "drop"
 
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 def _is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
