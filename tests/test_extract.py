@@ -241,3 +241,17 @@ def test_the_graph_itself_writes_the_summary_when_the_tables_are_final(corpus, s
     assert summary["status"] == "complete" and "counters" not in summary  # written by the graph, not the launcher
     assert summary["counts"] == {"videos_ok": 1, "videos_failed": 1, "clips": 2}
     assert summary["rows"]["clips"] == read_table(prefix, "clips").num_rows == 2
+
+
+def test_readme_documents_every_option():
+    import argparse
+
+    from pipeline.options import ExtractOptions, IOOptions, ModelOptions
+
+    parser = argparse.ArgumentParser()
+    for cls in (IOOptions, ExtractOptions, ModelOptions):
+        cls._add_argparse_args(parser)
+    flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--") and s != "--help"]
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
+    missing = [f for f in flags if f"`{f}`" not in readme and f"`{f} " not in readme and f"{f}`" not in readme]
+    assert len(flags) > 20 and missing == []
