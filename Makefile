@@ -34,14 +34,19 @@ $(STAMP): setup.py
 $(STANDIN)/saved_model.pb: $(STAMP)
 	$(PY) -m s3d.export --output $(STANDIN) --seed 0 --force
 
-# The search page is tested in a real headless browser: Debian's chromium, installed here
-# when missing and possible (root with apt-get); elsewhere that one test is skipped and says so.
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+# Installs Debian package $(1) when command $(1) is missing and we can (root with apt-get);
+# otherwise says what is skipped: $(2).
+define apt_tool
+	@command -v $(1) >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing chromium for the browser test"; \
-	    (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || echo "chromium could not be installed"; \
-	  else echo "chromium not installed and cannot be installed here: the browser test will be skipped"; fi; }
+	    echo "installing $(1)"; \
+	    (apt-get update -qq && apt-get install -y -qq $(1)) >/dev/null 2>&1 || echo "$(1) could not be installed: $(2)"; \
+	  else echo "$(1) is not installed and cannot be installed here: $(2)"; fi; }
+endef
+
+# The search page is tested in a real headless browser (Debian's chromium).
+browser:
+	$(call apt_tool,chromium,the browser test will be skipped)
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q tests
@@ -63,14 +68,9 @@ test-airflow: $(STAMP) $(AIRFLOW_STAMP)
 demo: $(STAMP) $(STANDIN)/saved_model.pb
 	$(PY) -m pipeline.demo --model $(STANDIN)
 
-# The decode benchmark compares with the ffmpeg command line: Debian's ffmpeg, installed here
-# when missing and possible; without it the comparison row is left out and says so.
+# The decode benchmark compares with the ffmpeg command line (Debian's ffmpeg).
 ffmpeg:
-	@command -v ffmpeg >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing ffmpeg for the decode benchmark"; \
-	    (apt-get update -qq && apt-get install -y -qq ffmpeg) >/dev/null 2>&1 || echo "ffmpeg could not be installed"; \
-	  else echo "ffmpeg not installed: the decode benchmark runs without its comparison"; fi; }
+	$(call apt_tool,ffmpeg,the decode benchmark runs without its comparison)
 
 bench: $(STAMP) $(STANDIN)/saved_model.pb ffmpeg
 	$(PY) -m benchmarks.run --model $(STANDIN) --output BENCHMARKS.md

@@ -58,6 +58,16 @@ def machine_description() -> str:
     )
 
 
+def length_memory_table(title: str, short: dict, long: dict, columns: list[tuple[str, str, str]]) -> list[str]:
+    """Markdown lines comparing a 1-minute and a 10-minute run: the given columns, then peak RSS."""
+    header = " | ".join(name for name, _, _ in columns)
+    lines = ["", title, "", f"| video | {header} | peak RSS (MB) |", "| --- |" + " --- |" * (len(columns) + 1)]
+    for label, r in (("1 minute", short), ("10 minutes", long)):
+        cells = " | ".join(fmt.format(r[key]) for _, key, fmt in columns)
+        lines.append(f"| {label} | {cells} | {r['peak_rss_mb']:.0f} |")
+    return lines + ["", f"10-minute / 1-minute peak RSS: {long['peak_rss_mb'] / short['peak_rss_mb']:.2f}."]
+
+
 def model_section(model: str, log: Callable[[str], None]) -> str:
     rows = []
     for batch in (1, 4, 8):
@@ -128,17 +138,8 @@ def decode_section(model: str, log: Callable[[str], None]) -> str:
     log("decode: memory on a 1-minute and a 10-minute 360p video")
     short = run_json(["benchmarks.decode_throughput", "--source", make_source("360p_h264_1min", BENCH_CACHE), "--tool", "ours"])
     long = run_json(["benchmarks.decode_throughput", "--source", make_source("360p_h264_10min", BENCH_CACHE), "--tool", "ours"])
-    lines += [
-        "",
-        "Memory does not grow with length (360p h264, same settings):",
-        "",
-        "| video | source frames | clips | peak RSS (MB) |",
-        "| --- | --- | --- | --- |",
-        f"| 1 minute | {short['source_frames']} | {short['clips']} | {short['peak_rss_mb']:.0f} |",
-        f"| 10 minutes | {long['source_frames']} | {long['clips']} | {long['peak_rss_mb']:.0f} |",
-        "",
-        f"10-minute / 1-minute peak RSS: {long['peak_rss_mb'] / short['peak_rss_mb']:.2f}.",
-    ]
+    lines += length_memory_table("Memory does not grow with length (360p h264, same settings):", short, long,
+                                 [("source frames", "source_frames", "{}"), ("clips", "clips", "{}")])
     return "\n".join(lines)
 
 
@@ -194,17 +195,9 @@ def pipeline_section(model: str, log: Callable[[str], None]) -> str:
                               "--output_prefix", os.path.join(BENCH_CACHE, "out_mem"),
                               "--min_batch_size", "4", "--batch_size", "4"])
     short, long = mem["360p_h264_1min"], mem["360p_h264_10min"]
-    lines += [
-        "",
-        "Peak memory of the whole job on one long video (360p h264, 10 fps, batches of 4):",
-        "",
-        "| video | clips | wall s | peak RSS (MB) |",
-        "| --- | --- | --- | --- |",
-        f"| 1 minute | {short['clips']} | {short['wall_seconds']:.1f} | {short['peak_rss_mb']:.0f} |",
-        f"| 10 minutes | {long['clips']} | {long['wall_seconds']:.1f} | {long['peak_rss_mb']:.0f} |",
-        "",
-        f"10-minute / 1-minute peak RSS: {long['peak_rss_mb'] / short['peak_rss_mb']:.2f}.",
-    ]
+    lines += length_memory_table(
+        "Peak memory of the whole job on one long video (360p h264, 10 fps, batches of 4):", short, long,
+        [("clips", "clips", "{}"), ("wall s", "wall_seconds", "{:.1f}")])
     return "\n".join(lines)
 
 

@@ -18,8 +18,8 @@ import apache_beam as beam
 from pipeline.options import TEXT_INPUT_HELP, TEXT_OUTPUT_HELP, IOOptions, ModelOptions
 from pipeline.runner import (
     WriteTables,
+    announce,
     configure_logging,
-    is_local,
     launch,
     package_version,
     parse_job_args,
@@ -92,19 +92,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     def extra(counts: dict[str, int]) -> dict:
-        return {"input": opts.input, "counts": {"texts": counts.get("rows_texts", 0),
-                                                "failed": counts.get("rows_text_failures", 0)}}
+        return {"input": opts.input}  # texts and failed are counted from the tables' files (WriteTables)
 
-    summary, path = launch(options, opts.output_prefix, TABLES, lambda p: build_pipeline(p, opts, model),
-                           run_metadata(model), extra)
-    if summary["status"] == "dry_run":
-        print("dry run: the job was built and not submitted; no output was written", file=sys.stderr)
-    elif summary["status"] == "submitted":
-        print(f"submitted; the job writes {path} when it completes", file=sys.stderr)
-    elif is_local(options):
+    def print_local(summary: dict, path: str) -> None:
         c = summary["counts"]
         print(f"\nS3D text embeddings: {c['texts']} sentences embedded, {c['failed']} failed, "
               f"in {summary['wall_seconds']:.1f}s\n  texts     {summary['tables']['texts']}\n  summary   {path}")
+
+    summary, path = launch(options, opts.output_prefix, TABLES, lambda p: build_pipeline(p, opts, model),
+                           run_metadata(model), extra)
+    announce(summary, path, options, print_local)
     return 0
 
 

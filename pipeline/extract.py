@@ -18,8 +18,8 @@ from pipeline.options import EXTRACT_INPUT_HELP, EXTRACT_OUTPUT_HELP, ExtractOpt
 from pipeline.report import failure_reasons, print_summary
 from pipeline.runner import (
     WriteTables,
+    announce,
     configure_logging,
-    is_local,
     launch,
     package_version,
     parse_job_args,
@@ -112,10 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     def extra(counts: dict[str, int]) -> dict:
         return {
             "input": io.input,
+            # videos_ok, videos_failed and clips come from the tables' files (WriteTables).
             "counts": {
-                "videos_ok": counts.get("rows_videos", 0),
-                "videos_failed": counts.get("rows_failures", 0),
-                "clips": counts.get("rows_clips", 0),
                 "frames_decoded": counts.get("frames_decoded", 0),
                 "input_duplicates": counts.get("input_duplicates", 0),
                 "videos_skipped_done": counts.get("videos_skipped_done", 0),
@@ -127,12 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summary, path = launch(options, io.output_prefix, TABLES, lambda p: build_pipeline(p, io, opts, model),
                            run_metadata(opts, model), extra)
-    if summary["status"] == "dry_run":
-        print("dry run: the job was built and not submitted; no output was written", file=sys.stderr)
-    elif summary["status"] == "submitted":
-        print(f"submitted; the job writes {path} when it completes", file=sys.stderr)
-    elif is_local(options):
-        print_summary(summary, path)
+    announce(summary, path, options, print_summary)
     return 0
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 import warnings
 from collections import defaultdict
@@ -240,6 +241,16 @@ def parse_job_args(
         cls._add_argparse_args(parser.add_argument_group(group) if group else parser)
     parser.parse_known_args(argv)  # --help and type errors
     return PipelineOptions(argv)
+
+
+def announce(summary: dict[str, Any], path: str, options: PipelineOptions, print_local: Callable) -> None:
+    """Says how a launch ended: dry run, submitted, or (local runs) the job's own summary printout."""
+    if summary["status"] == "dry_run":
+        print("dry run: the job was built and not submitted; no output was written", file=sys.stderr)
+    elif summary["status"] == "submitted":
+        print(f"submitted; the job writes {path} when it completes", file=sys.stderr)
+    elif is_local(options):
+        print_local(summary, path)
 
 
 def launch(

@@ -58,11 +58,12 @@ def table_files(prefix: str, level: str) -> list[str]:
     return files
 
 
-def _open(path: str) -> pq.ParquetFile:
+def _open(path: str, metadata: pq.FileMetaData | None = None) -> pq.ParquetFile:
+    """Opens a Parquet file; given its footer (`metadata`), does not read it again."""
     # pre_buffer coalesces a row group's column reads (measured: about 2x faster on the embedding column).
     if "://" in path:
-        return pq.ParquetFile(FileSystems.open(path), pre_buffer=True)
-    return pq.ParquetFile(path, memory_map=True, pre_buffer=True)
+        return pq.ParquetFile(FileSystems.open(path), metadata=metadata, pre_buffer=True)
+    return pq.ParquetFile(path, metadata=metadata, memory_map=True, pre_buffer=True)
 
 
 def features_metadata(files: Sequence[str]) -> dict:
@@ -154,9 +155,11 @@ class TopK:
         self.rows = [[fields[key] for key in keys] for keys in self.keys]
 
 
-def _block_candidates(file_index: int, path: str, row_group: int, queries: np.ndarray, k: int):
+def _block_candidates(
+    file_index: int, path: str, footer: pq.FileMetaData, row_group: int, queries: np.ndarray, k: int
+):
     """Scores one row group (its embedding column only); returns per query its k best (scores, keys)."""
-    table = _open(path).read_row_group(row_group, columns=[EMBEDDING], use_threads=False)
+    table = _open(path, footer).read_row_group(row_group, columns=[EMBEDDING], use_threads=False)
     n = table.num_rows
     if n == 0:
         return []
@@ -172,10 +175,12 @@ def _block_candidates(file_index: int, path: str, row_group: int, queries: np.nd
     return out
 
 
-def _row_groups(files: Sequence[str]) -> Iterator[tuple[int, str, int]]:
+def _row_groups(files: Sequence[str]) -> Iterator[tuple[int, str, pq.FileMetaData, int]]:
+    """(file index, path, footer, row group) for every row group; each footer is read once."""
     for f, path in enumerate(files):
-        for i in range(_open(path).num_row_groups):
-            yield f, path, i
+        footer = _open(path).metadata
+        for i in range(footer.num_row_groups):
+            yield f, path, footer, i
 
 
 def search(files: Sequence[str], queries: np.ndarray, level: str, k: int, threads: int | None = None) -> TopK:
@@ -193,8 +198,8 @@ def search(files: Sequence[str], queries: np.ndarray, level: str, k: int, thread
     # threads would fight them (measured: 1.3 to 1.5x slower with its default).
     with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=workers) as pool:
         pending = []
-        for f, path, rg in _row_groups(files):
-            pending.append(pool.submit(_block_candidates, f, path, rg, queries, k))
+        for f, path, footer, rg in _row_groups(files):
+            pending.append(pool.submit(_block_candidates, f, path, footer, rg, queries, k))
             if len(pending) >= 2 * workers:
                 for q, (scores, keys) in enumerate(pending.pop(0).result()):
                     top.offer(q, scores, keys)
