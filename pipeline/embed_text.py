@@ -19,6 +19,7 @@ from pipeline.options import TEXT_INPUT_HELP, TEXT_OUTPUT_HELP, IOOptions, Model
 from pipeline.runner import (
     WriteTables,
     announce,
+    check_worker_packaging,
     configure_logging,
     launch,
     package_version,
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         opts.validate_io("a file of sentences")
         model.validate_model()
         check_input(opts.input, column="text")
+        check_worker_packaging(options)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,8 +7,9 @@ message that names the flag.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, WorkerOptions
 
 from s3d.loader import DEFAULT_HANDLE
 from transforms.inference import S3DModelHandler
@@ -56,21 +57,32 @@ class ModelOptions(PipelineOptions):
                             "--inference_accelerator)")
         parser.add_argument("--inference_accelerator", default=None,
                             help="a Dataflow accelerator resource hint put on the inference step only, e.g. "
-                            "'type:nvidia-tesla-t4;count:1;install-nvidia-driver' (decoding stays on CPU "
-                            "workers with right fitting); implies one shared model copy per GPU")
+                            "'type:nvidia-tesla-t4;count:1;install-nvidia-driver', or for L4 GPUs "
+                            "'type:nvidia-l4;count:1;machine_type:g2-standard-8;install-nvidia-driver'; a fusion "
+                            "break before inference keeps decoding on CPU workers (right fitting); implies one "
+                            "shared model copy per GPU")
+
+    def accelerator(self) -> Accelerator | None:
+        """The GPUs of a worker that runs the model: the inference step's hint, or the whole job's
+        `worker_accelerator` service option (None on CPU workers)."""
+        if self.inference_accelerator:
+            return parse_accelerator(self.inference_accelerator, "--inference_accelerator")
+        whole_job = worker_accelerator(self)
+        return parse_accelerator(whole_job, "worker_accelerator") if whole_job else None
 
     def gpu_count(self) -> int:
-        """GPUs per worker named by --inference_accelerator (0 without one)."""
-        if not self.inference_accelerator:
-            return 0
-        fields = dict(part.split(":", 1) for part in self.inference_accelerator.split(";") if ":" in part)
-        return int(fields.get("count", 1))
+        """GPUs per worker that runs the model (0 on CPU workers)."""
+        accelerator = self.accelerator()
+        return accelerator.count if accelerator else 0
 
     def handler(self, task: str) -> S3DModelHandler:
         """The model handler these options describe, for `task` 'video' or 'text'.
 
-        On GPU workers the default is one shared model copy per GPU: worker processes
-        send their batches to it instead of each loading the model into GPU memory.
+        On GPU workers (either route: `--inference_accelerator` or the whole job's
+        `worker_accelerator`) the default is one shared model copy per GPU: the SDK
+        processes of a worker (one per vCPU on Dataflow) send their batches to it
+        instead of each loading the model into the same GPU's memory; each copy claims
+        its own GPU (`s3d.devices`).
         """
         gpus = self.gpu_count()
         copies = self.model_copies if self.model_copies is not None else (gpus or None)
@@ -88,13 +100,76 @@ class ModelOptions(PipelineOptions):
             raise ValueError(f"--min_batch_size must be between 1 and --batch_size ({self.batch_size}), got {self.min_batch_size}")
         if self.model_copies is not None and self.model_copies < 1:
             raise ValueError(f"--model_copies must be >= 1, got {self.model_copies}")
-        if self.inference_accelerator:
-            fields = dict(p.split(":", 1) for p in self.inference_accelerator.split(";") if ":" in p)
-            if "type" not in fields or not fields.get("count", "1").isdigit() or int(fields.get("count", "1")) < 1:
+        whole_job = worker_accelerator(self)
+        if self.inference_accelerator and whole_job:
+            # Dataflow's "Right fitting" page: do not combine resource hints with worker_accelerator.
+            raise ValueError(
+                "--inference_accelerator (a resource hint on the inference step) and the worker_accelerator "
+                "service option (GPUs on every worker) exclude each other: choose one"
+            )
+        accelerator = self.accelerator()
+        if accelerator and self.inference_accelerator:
+            accelerator.check_machine_type(accelerator.machine_type, "machine_type in --inference_accelerator")
+        elif accelerator:
+            machine_type = self.view_as(WorkerOptions).machine_type
+            accelerator.check_machine_type(machine_type, "--machine_type")
+
+
+# GPU type -> the machine families Dataflow can attach it to ("GPU support" in Dataflow's docs:
+# T4 on N1 machines, L4 only on G2 machines).
+GPU_MACHINE_FAMILIES = {"nvidia-tesla-t4": ("n1-",), "nvidia-l4": ("g2-",)}
+NEEDS_MACHINE_TYPE = {"nvidia-l4": "g2-standard-8"}
+_ACCELERATOR_FORM = "'type:nvidia-tesla-t4;count:1;install-nvidia-driver' (optionally ';machine_type:n1-standard-8')"
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """A Dataflow accelerator spec: 'type:T;count:N[;machine_type:M];install-nvidia-driver...'."""
+
+    type: str
+    count: int = 1
+    machine_type: str | None = None
+    flags: tuple[str, ...] = ()
+
+    def check_machine_type(self, machine_type: str | None, where: str) -> None:
+        """Raises ValueError when `machine_type` cannot carry this GPU (or must be named and is not)."""
+        families = GPU_MACHINE_FAMILIES.get(self.type)
+        if machine_type is None:
+            if self.type in NEEDS_MACHINE_TYPE:
                 raise ValueError(
-                    "--inference_accelerator must look like 'type:nvidia-tesla-t4;count:1;install-nvidia-driver', "
-                    f"got {self.inference_accelerator!r}"
+                    f"{self.type} GPUs run only on {families[0].upper().rstrip('-')} machines: name one with "
+                    f"{where} (e.g. {NEEDS_MACHINE_TYPE[self.type]})"
                 )
+            return
+        if families and not machine_type.startswith(families):
+            raise ValueError(
+                f"{self.type} GPUs run only on {' or '.join(f.rstrip('-').upper() for f in families)} machines, "
+                f"got {where} {machine_type!r}"
+            )
+
+
+def parse_accelerator(value: str, flag: str) -> Accelerator:
+    """Parses a Dataflow accelerator spec; ValueError names `flag` and the expected form."""
+    fields, flags = {}, []
+    for part in (p.strip() for p in value.split(";")):
+        if ":" in part:
+            key, _, field_value = part.partition(":")
+            fields[key.strip()] = field_value.strip()
+        elif part:
+            flags.append(part)
+    count = fields.get("count", "1")
+    if "type" not in fields or not count.isdigit() or int(count) < 1:
+        raise ValueError(f"{flag} must look like {_ACCELERATOR_FORM}, got {value!r}")
+    return Accelerator(fields["type"], int(count), fields.get("machine_type") or None, tuple(flags))
+
+
+def worker_accelerator(options: PipelineOptions) -> str | None:
+    """The whole job's accelerator: `--dataflow_service_options worker_accelerator=...`, if given."""
+    for option in options.view_as(GoogleCloudOptions).dataflow_service_options or []:
+        key, _, value = option.partition("=")
+        if key.strip() == "worker_accelerator" and value.strip():
+            return value.strip()
+    return None
 
 
 EXTRACT_INPUT_HELP = (

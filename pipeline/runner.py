@@ -39,10 +39,17 @@ log = logging.getLogger(__name__)
 _NOISE = ("apitools not found", "Resource module is not available")
 
 
+# Beam's Dataflow client logs "Created job with id: [ID]" at INFO. Airflow's Beam and Dataflow
+# hooks find the job by that line in the launcher's output (their JOB_ID_PATTERN): without it a
+# killed task does not cancel the job and no job link is saved. It stays at INFO.
+JOB_ID_LOGGER = "apache_beam.runners.dataflow.internal.apiclient"
+
+
 def configure_logging() -> None:
-    """INFO for this project's progress lines; Beam's own chatter at WARNING, minus known noise."""
+    """INFO for this project's progress lines and Dataflow's job id; Beam's other chatter at WARNING."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    logging.getLogger(JOB_ID_LOGGER).setLevel(logging.INFO)
     logging.getLogger().addFilter(lambda record: not record.getMessage().startswith(_NOISE))
     # tensorflow-hub 0.16 imports pkg_resources on every load; the deprecation is setuptools' business.
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
@@ -243,6 +250,24 @@ def parse_job_args(
     return PipelineOptions(argv)
 
 
+def check_worker_packaging(options: PipelineOptions) -> None:
+    """Remote workers need this package: shipped from setup.py or preinstalled in a worker image.
+
+    Without either, a Dataflow job starts and every worker fails importing `transforms`.
+    """
+    if is_local(options):
+        return
+    from apache_beam.options.pipeline_options import SetupOptions, WorkerOptions
+
+    setup = options.view_as(SetupOptions)
+    if setup.setup_file or setup.extra_packages or options.view_as(WorkerOptions).sdk_container_image:
+        return
+    raise ValueError(
+        "remote workers need this package: pass --setup_file ./setup.py (workers install it at start-up) or "
+        "--sdk_container_image IMAGE with it preinstalled (deploy/dataflow/Dockerfile)"
+    )
+
+
 def announce(summary: dict[str, Any], path: str, options: PipelineOptions, print_local: Callable) -> None:
     """Says how a launch ended: dry run, submitted, or (local runs) the job's own summary printout."""
     if summary["status"] == "dry_run":
@@ -277,7 +302,9 @@ def launch(
     p = create_pipeline(options)
     build(p)
     result = p.run()
-    if not options.view_as(IOOptions).wait and not is_local(options):
+    if not is_local(options) and (not options.view_as(IOOptions).wait or not getattr(result, "has_job", True)):
+        # A Flex Template launch (or --template_location) stages the job and has no job to wait
+        # for: the result's has_job is False and waiting or querying metrics would raise.
         return {**metadata, "status": "submitted"}, summary_path(output_prefix)
     result.wait_until_finish()
     counts = counters(result)

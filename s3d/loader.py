@@ -7,6 +7,7 @@ signatures `video(images=...)` and `text(words=...)`, by keyword.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from s3d.devices import DeviceClaim, claim_gpu, visible_gpus
 from s3d.export import PROVENANCE_FILE, VOCAB_FILE
 
 DEFAULT_HANDLE = "https://tfhub.dev/deepmind/mil-nce/s3d/1"
@@ -79,9 +81,10 @@ class S3DModel:
 
     def __init__(
         self, handle: str, module: Any, provenance: dict[str, Any], vocabulary: dict[str, int] | None = None,
-        path: str | None = None,
+        path: str | None = None, device: DeviceClaim | None = None,
     ):
         self.handle = handle
+        self.device = device  # the GPU this copy runs on (None: TensorFlow's default placement)
         self.path = path or handle  # where hub resolved the handle to (its cache for a URL)
         self.provenance = provenance
         self._vocabulary = vocabulary
@@ -121,8 +124,16 @@ class S3DModel:
             images = tf.convert_to_tensor(frames, tf.float32)
         else:
             raise ValueError(f"frames must be uint8 or float, got dtype {frames.dtype}")
-        out = self._video(images=images)
+        with self._placement():
+            out = self._video(images=images)
         return out["mixed_5c"].numpy(), out["video_embedding"].numpy()
+
+    def _placement(self):
+        import contextlib
+
+        import tensorflow as tf
+
+        return tf.device(self.device.device) if self.device else contextlib.nullcontext()
 
     def known_words(self, sentences: Sequence[str]) -> list[int | None]:
         """How many words of each sentence the vocabulary knows (the model uses the first 16).
@@ -147,11 +158,15 @@ class S3DModel:
         if bad:
             raise TypeError(f"sentences must be str, got {type(bad[0]).__name__}: {bad[0]!r}")
         words = tf.constant(list(sentences), dtype=tf.string, shape=[len(sentences)])
-        return self._text(words=words)["text_embedding"].numpy()
+        with self._placement():
+            return self._text(words=words)["text_embedding"].numpy()
 
 
 def load_s3d(handle: str = DEFAULT_HANDLE) -> S3DModel:
     """Loads the model from a TF Hub URL, a local SavedModel directory or a `gs://` path.
+
+    On a machine with GPUs the copy claims a GPU of its own (`s3d.devices`), so that
+    several copies (Beam's `model_copies`, one per GPU) do not all land on GPU 0.
 
     Raises:
         ModelLoadError: nothing loadable at `handle`, or it lacks the `video`/`text` signatures.
@@ -177,10 +192,14 @@ def load_s3d(handle: str = DEFAULT_HANDLE) -> S3DModel:
             "(`python -m s3d.export --output DIR` writes the stand-in) or at the TF Hub module "
             f"{DEFAULT_HANDLE}"
         )
+    device = claim_gpu(visible_gpus())
     try:
         path = hub.resolve(handle)
-        module = hub.load(path)
+        with tf.device(device.device) if device else contextlib.nullcontext():  # variables on this copy's GPU
+            module = hub.load(path)
     except Exception as e:  # hub and TF raise many unrelated types for a bad handle; all mean "cannot load"
+        if device:
+            device.release()
         hint = (
             "The machine may be offline or the hub unreachable: download the module elsewhere and point "
             "--model at its directory, or set TFHUB_CACHE_DIR to a cache that already holds it."
@@ -190,10 +209,14 @@ def load_s3d(handle: str = DEFAULT_HANDLE) -> S3DModel:
         raise ModelLoadError(f"could not load the S3D model from {handle!r}: {type(e).__name__}: {e}. {hint}") from e
     names = sorted(getattr(module, "signatures", {}).keys())
     if "video" not in names or "text" not in names:
+        if device:
+            device.release()
         raise ModelLoadError(
             f"{handle!r} is not an S3D MIL-NCE module: it has signatures {names}, expected 'video' and 'text'"
         )
-    model = S3DModel(handle, module, _read_provenance(path), _read_vocabulary(path), path)
+    if device:
+        log.info("model copy from %s on %s", handle, device.device)
+    model = S3DModel(handle, module, _read_provenance(path), _read_vocabulary(path), path, device)
     if model.trained is False:
         log.warning("model %s is an untrained stand-in: its embeddings carry no meaning", handle)
     return model

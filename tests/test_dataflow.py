@@ -90,7 +90,8 @@ def test_gpu_defaults_share_one_model_per_gpu():
 
 
 def test_the_command_line_dry_run_submits_nothing(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pipeline.extract", *dataflow_args(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "pipeline.extract", *dataflow_args(tmp_path, "--setup_file",
+                                                                                    "./setup.py")],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "dry run: the job was built and not submitted" in proc.stderr
@@ -118,3 +119,146 @@ def test_flex_template_metadata_covers_every_option():
         if default is not None:
             text = str(default).lower() if isinstance(default, bool) else f"{default:g}" if isinstance(default, float) else str(default)
             assert re.match(p["regexes"][0], text), (p["name"], text)
+
+
+# Steps that do not merge the stages on their two sides: a GroupByKey (inside Reshuffle too)
+# materializes its input; Dataflow "unzips" a Flatten into a copy per input's stage.
+UNFUSED_URNS = {"beam:transform:group_by_key:v1", "beam:transform:flatten:v1"}
+
+
+def dataflow_stages(proto) -> list[set[str]]:
+    """The fused stages Dataflow would make, as sets of primitive transform names.
+
+    Dataflow's fusion ("Pipeline lifecycle" in its docs) merges producer-consumer steps into
+    one stage; a GroupByKey (inside Reshuffle too) and a side input materialize their data and
+    break fusion, and a Flatten is copied into its inputs' stages rather than joining them. A
+    stage runs on a worker meeting the union of its steps' resource hints.
+    """
+    from apache_beam.portability.api import beam_runner_api_pb2
+
+    transforms = proto.components.transforms
+    primitives = {tid: t for tid, t in transforms.items() if not t.subtransforms and t.spec.urn}
+    parent = {tid: tid for tid in primitives}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    producers = {pc: tid for tid, t in primitives.items() for pc in t.outputs.values()}
+    for tid, t in primitives.items():
+        side = set()
+        if t.spec.urn == "beam:transform:pardo:v1":
+            side = set(beam_runner_api_pb2.ParDoPayload.FromString(t.spec.payload).side_inputs)
+        for local, pc in t.inputs.items():
+            producer = producers.get(pc)
+            if producer is None or local in side:
+                continue
+            if {t.spec.urn, primitives[producer].spec.urn} & UNFUSED_URNS:
+                continue
+            parent[find(tid)] = find(producer)
+    stages: dict[str, set[str]] = {}
+    for tid, t in primitives.items():
+        stages.setdefault(find(tid), set()).add(t.unique_name)
+    return list(stages.values())
+
+
+def _stage_of(stages, prefix):
+    return [s for s in stages if any(name.startswith(prefix) for name in s)]
+
+
+def test_with_the_gpu_hint_decoding_is_not_fused_with_inference(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    _, proto = build_job(dataflow_args(tmp_path, "--inference_accelerator", ACCELERATOR,
+                                       "--sdk_container_image", "img", "--sdk_location", "container"))
+    stages = dataflow_stages(proto)
+    inference = [s for s in stages if any("RunInference" in n for n in s)]
+    assert inference and not any(name.startswith("DecodeClips") for s in inference for name in s)
+    assert "ToGpuWorkers" in {t.unique_name for t in proto.components.transforms.values()}
+
+
+def test_without_a_gpu_hint_decoding_and_inference_share_a_stage_and_no_clip_is_shuffled(tmp_path, monkeypatch):
+    # The fusion model above is not vacuous: this graph does fuse them (and pays no shuffle).
+    monkeypatch.chdir(ROOT)
+    _, proto = build_job(dataflow_args(tmp_path, "--setup_file", "./setup.py"))
+    stages = dataflow_stages(proto)
+    assert any(any(n.startswith("DecodeClips") for n in s) and any("RunInference" in n for n in s) for s in stages)
+    assert "ToGpuWorkers" not in {t.unique_name for t in proto.components.transforms.values()}
+
+
+def test_a_dataflow_job_without_setup_file_or_worker_image_is_refused(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pipeline.extract", *dataflow_args(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2
+    assert "--setup_file" in proc.stderr and "--sdk_container_image" in proc.stderr
+
+
+def test_a_template_launch_with_no_job_counts_as_submitted(tmp_path, monkeypatch):
+    """A Flex Template launch stages the job: the result has no job, whatever --wait says."""
+    from apache_beam.runners.dataflow.dataflow_runner import DataflowPipelineResult
+
+    from pipeline import runner
+
+    options = PipelineOptions(["--runner", "DataflowRunner", "--project", "p", "--region", "r",
+                               "--temp_location", "gs://b/tmp"])  # --wait defaults to true
+
+    class TemplatePipeline:
+        def run(self):
+            return DataflowPipelineResult(None, None, options)  # what create_job returns in template mode
+
+    monkeypatch.setattr(runner, "create_pipeline", lambda opts: TemplatePipeline())
+    summary, path = runner.launch(options, str(tmp_path / "out"), ("clips",), lambda p: None, {"job": "x"},
+                                  lambda counts: {})
+    assert summary["status"] == "submitted" and path.endswith("run_summary.json")
+    assert not os.path.exists(path)  # the job writes it when it completes
+
+
+def test_the_job_id_logger_stays_at_info():
+    import logging
+
+    from pipeline.runner import JOB_ID_LOGGER, configure_logging
+
+    configure_logging()
+    assert logging.getLogger(JOB_ID_LOGGER).getEffectiveLevel() == logging.INFO
+    assert logging.getLogger("apache_beam.runners.dataflow").getEffectiveLevel() == logging.WARNING
+    import apache_beam.runners.dataflow.internal.apiclient as apiclient
+
+    assert apiclient._LOGGER.name == JOB_ID_LOGGER  # the logger Beam writes "Created job with id" to
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--inference_accelerator", "type:nvidia-l4;count:1;install-nvidia-driver"], "run only on G2 machines"),
+    (["--inference_accelerator", "type:nvidia-l4;count:1;machine_type:n1-standard-8"], "got machine_type"),
+    (["--inference_accelerator", "type:nvidia-tesla-t4;count:1;machine_type:g2-standard-8"], "run only on N1"),
+    (["--dataflow_service_options", "worker_accelerator=type:nvidia-l4;count:1", "--machine_type", "n1-standard-8"],
+     "got --machine_type 'n1-standard-8'"),
+    (["--dataflow_service_options", "worker_accelerator=type:nvidia-tesla-t4;count:1",
+      "--inference_accelerator", ACCELERATOR], "exclude each other"),
+])
+def test_gpu_and_machine_pairings_are_checked(args, error):
+    with pytest.raises(ValueError, match=error):
+        PipelineOptions(args).view_as(ModelOptions).validate_model()
+
+
+def test_good_pairings_pass_and_the_hint_carries_the_machine_type(tmp_path, monkeypatch):
+    l4 = "type:nvidia-l4;count:1;machine_type:g2-standard-8;install-nvidia-driver"
+    for args in (["--inference_accelerator", l4], ["--inference_accelerator", ACCELERATOR],
+                 ["--dataflow_service_options", "worker_accelerator=type:nvidia-l4;count:1",
+                  "--machine_type", "g2-standard-8"]):
+        PipelineOptions(args).view_as(ModelOptions).validate_model()
+    monkeypatch.chdir(ROOT)
+    _, proto = build_job(dataflow_args(tmp_path, "--inference_accelerator", l4, "--setup_file", "./setup.py"))
+    hints = [env.resource_hints[ACCELERATOR_URN] for env in proto.components.environments.values()
+             if ACCELERATOR_URN in env.resource_hints]
+    assert hints and all(b"machine_type:g2-standard-8" in h for h in hints)
+
+
+def test_the_whole_job_gpu_route_shares_one_model_per_gpu_too():
+    options = PipelineOptions(["--dataflow_service_options",
+                               "worker_accelerator=type:nvidia-tesla-t4;count:2;install-nvidia-driver"])
+    handler = options.view_as(ModelOptions).handler("video")
+    assert handler.share_model_across_processes() and handler.model_copies() == 2
+    explicit = PipelineOptions(["--dataflow_service_options", "worker_accelerator=type:nvidia-tesla-t4;count:2",
+                                "--model_copies", "1"]).view_as(ModelOptions).handler("video")
+    assert explicit.model_copies() == 1

@@ -1,35 +1,58 @@
-"""Airflow DAG: every day, extract S3D features for that day's manifest, then check the failure rate.
+"""Airflow DAG: every day, extract S3D features for the day just ended, then check the failure rate.
 
-The extraction runs in the project's own Python environment (S3D_PYTHON; Airflow's and
-TensorFlow's dependencies do not mix), on the DirectRunner by default or on Dataflow with
-the `runner` parameter. Output goes to a date-partitioned prefix: OUTPUT_ROOT/dt=YYYY-MM-DD/.
+The extraction runs in the project's own Python environment (Airflow's and TensorFlow's
+dependencies do not mix), on the DirectRunner or on Dataflow (the `runner` parameter).
+Output goes to a date-partitioned prefix: OUTPUT_ROOT/dt=YYYY-MM-DD/.
 
-Environment (on the Airflow workers):
-    S3D_PYTHON  the project's interpreter, e.g. /opt/s3d/.venv/bin/python (default: the
-                .venv next to this repository's checkout)
+The day a run processes: the `day` parameter when given (reprocessing, backfills),
+otherwise the day before the run's logical date, or before its run time when a manual
+trigger has no logical date. The schedule is a CronTriggerTimetable, so a run at
+2026-11-25T00:00 has that logical date (Airflow 3's default for cron schedules; it no
+longer depends on `create_cron_data_intervals`) and processes 2026-11-24.
+
+Configuration, from the environment of the Airflow workers and DAG processor (Cloud
+Composer: the environment's variables; the DAG file may be all a Composer bucket holds):
+    S3D_PYTHON      required: the project's interpreter, e.g. /opt/s3d/.venv/bin/python
+    S3D_SETUP_FILE  the project's setup.py on the Airflow workers; needed for Dataflow runs
+                    without a worker image (the job refuses to start without one or the other)
+    S3D_DEFERRABLE  "true": Dataflow runs free their worker slot while the job runs (needs a
+                    triggerer); local runs are never deferred
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
-from pathlib import Path
 
 import pendulum
 from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
 from airflow.providers.google.cloud.operators.dataflow import DataflowConfiguration
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, CronTriggerTimetable, Param, task
 
-REPO = Path(__file__).resolve().parents[3]
-S3D_PYTHON = os.environ.get("S3D_PYTHON", str(REPO / ".venv" / "bin" / "python"))
+
+def _required_setting(name: str, example: str) -> str:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        # A DAG import error, shown in the Airflow UI with this message.
+        raise RuntimeError(f"set the environment variable {name} on the Airflow workers, e.g. {name}={example}")
+    return value
+
+
+S3D_PYTHON = _required_setting("S3D_PYTHON", "/opt/s3d/.venv/bin/python")
+S3D_SETUP_FILE = os.environ.get("S3D_SETUP_FILE", "").strip()
+S3D_DEFERRABLE = os.environ.get("S3D_DEFERRABLE", "").strip().lower() in ("1", "true", "yes")
 
 PARAMS = {
     "manifest_root": Param("gs://my-bucket/manifests", type="string",
                            description="folder of daily manifests, one URI a line: MANIFEST_ROOT/YYYY-MM-DD.txt"),
     "output_root": Param("gs://my-bucket/s3d-features", type="string",
                          description="features go to OUTPUT_ROOT/dt=YYYY-MM-DD/"),
-    "model": Param("https://tfhub.dev/deepmind/mil-nce/s3d/1", type="string",
-                   description="TF Hub URL, SavedModel directory or gs:// path of the module"),
+    "model": Param("gs://my-bucket/models/mil-nce-s3d-1", type="string",
+                   description="SavedModel directory or gs:// path of the module (workers may have no "
+                   "internet: copy the TF Hub module to Cloud Storage)"),
+    "day": Param("", type="string", pattern=r"^(\d{4}-\d{2}-\d{2})?$",
+                 description="YYYY-MM-DD to process; empty: the day before the run's logical date"),
     "runner": Param("DirectRunner", enum=["DirectRunner", "DataflowRunner"], description="where the job runs"),
     "skip_done": Param("", type="string", description="comma-separated earlier prefixes whose videos are skipped"),
     "max_failure_rate": Param(0.05, type="number", minimum=0, maximum=1,
@@ -43,21 +66,51 @@ PARAMS = {
                                    description="e.g. type:nvidia-tesla-t4;count:1;install-nvidia-driver"),
 }
 
-OUTPUT_PREFIX = "{{ params.output_root }}/dt={{ ds }}"
+
+def processing_day(params: dict, dag_run) -> str:
+    """The day a run processes, YYYY-MM-DD (see the module docstring)."""
+    if params.get("day"):
+        return str(params["day"])
+    reference = dag_run.logical_date or dag_run.run_after  # a manual trigger may have no logical date
+    return (reference - datetime.timedelta(days=1)).strftime("%Y-%m-%d")
+
+
+DAY = "{{ processing_day(params, dag_run) }}"
+OUTPUT_PREFIX = "{{ params.output_root }}/dt=" + DAY
 PIPELINE_OPTIONS = {
-    "input": "{{ params.manifest_root }}/{{ ds }}.txt",
+    "input": "{{ params.manifest_root }}/" + DAY + ".txt",
     "output_prefix": OUTPUT_PREFIX,
     "model": "{{ params.model }}",
     "skip_done": "{{ params.skip_done }}",
     "inference_accelerator": "{{ params.inference_accelerator }}",
     "temp_location": "{{ params.temp_location if params.runner == 'DataflowRunner' else '' }}",
     "sdk_container_image": "{{ params.worker_image }}",
-    "setup_file": "{{ '' if params.worker_image else '" + str(REPO / "setup.py") + "' }}",
+    "setup_file": "{{ '' if params.worker_image else " + json.dumps(S3D_SETUP_FILE) + " }}",
+    # The launcher submits and returns; Airflow's Dataflow hook waits for the job (and cancels it
+    # when the task is killed). A string: the Beam hook drops options whose value is False.
+    "wait": "false",
 }
 
 
+class ExtractDataflowConfiguration(DataflowConfiguration):
+    """DataflowConfiguration renders only job_name, location and gcp_conn_id; the project is a param too."""
+
+    template_fields = (*DataflowConfiguration.template_fields, "project_id")
+
+
+class ExtractOperator(BeamRunPythonPipelineOperator):
+    """Deferrable only on Dataflow: a deferred local run would execute the job inside the triggerer."""
+
+    def execute(self, context):
+        self.deferrable = self.deferrable and self.runner.lower() == "dataflowrunner"
+        return super().execute(context)
+
+
 def read_summary(output_prefix: str) -> dict:
-    """The run summary the job writes last, from local disk or Cloud Storage."""
+    """The run summary the job writes last, from local disk or Cloud Storage.
+
+    The path follows the project's output layout: PREFIX/run_summary.json.
+    """
     path = f"{output_prefix.rstrip('/')}/run_summary.json"
     if path.startswith("gs://"):
         from airflow.providers.google.cloud.hooks.gcs import GCSHook
@@ -77,27 +130,29 @@ def failure_rate(summary: dict) -> float:
 with DAG(
     dag_id="s3d_daily_extract",
     description="Daily S3D MIL-NCE feature extraction with a failure-rate check",
-    schedule="@daily",
+    schedule=CronTriggerTimetable("@daily", timezone="UTC"),
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     params=PARAMS,
+    user_defined_macros={"processing_day": processing_day},
     render_template_as_native_obj=False,
     tags=["s3d", "beam"],
 ) as dag:
-    extract = BeamRunPythonPipelineOperator(
+    extract = ExtractOperator(
         task_id="extract",
         py_file="pipeline.extract",
         py_options=["-m"],  # python -m pipeline.extract, from the project's environment
         py_interpreter=S3D_PYTHON,
         runner="{{ params.runner }}",
         pipeline_options=PIPELINE_OPTIONS,
-        dataflow_config=DataflowConfiguration(
-            job_name="s3d-extract-{{ ds_nodash }}",
+        dataflow_config=ExtractDataflowConfiguration(
+            job_name="s3d-extract-{{ processing_day(params, dag_run) | replace('-', '') }}",
             project_id="{{ params.project }}",
             location="{{ params.region }}",
             wait_until_finished=True,
         ),
+        deferrable=S3D_DEFERRABLE,
     )
 
     @task

@@ -1,4 +1,4 @@
-"""The Airflow DAG, in Airflow's own environment (make test-airflow): import, rendering, a real run.
+"""The Airflow DAG, in Airflow's own environment (make test-airflow): import, rendering, real runs.
 
 The extraction itself runs in the project's environment (S3D_PYTHON), as in production;
 videos and the stand-in model are made there too.
@@ -6,17 +6,20 @@ videos and the stand-in model are made there too.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 DAGS = Path(__file__).resolve().parents[1] / "dags"
 S3D_PYTHON = os.environ["S3D_PYTHON"]
-DAY = datetime.datetime(2026, 11, 24, tzinfo=datetime.UTC)
+UTC = datetime.UTC
 
 
 @pytest.fixture(scope="module")
@@ -34,19 +37,92 @@ def test_dag_imports_without_errors_and_has_its_tasks(dag):
     assert dag.get_task("extract").downstream_task_ids == {"check_failure_rate"}
 
 
-def test_rendered_pipeline_options_are_what_the_readme_says(dag):
+def test_without_the_interpreter_setting_the_import_error_says_what_to_set():
+    env = {k: v for k, v in os.environ.items() if k != "S3D_PYTHON"}
+    code = f"import runpy; runpy.run_path({str(DAGS / 's3d_daily_extract.py')!r})"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "set the environment variable S3D_PYTHON" in proc.stderr
+
+
+def _params(dag) -> dict:
+    return {k: v.value if hasattr(v, "value") else v for k, v in dag.params.items()}
+
+
+def _render(dag, dag_run, **params):
     op = dag.get_task("extract")
-    params = {k: v.value if hasattr(v, "value") else v for k, v in dag.params.items()}
-    context = {"ds": "2026-11-24", "ds_nodash": "20261124", "params": params}
-    rendered = op.render_template(op.pipeline_options, context)
-    assert rendered["input"] == "gs://my-bucket/manifests/2026-11-24.txt"
-    assert rendered["output_prefix"] == "gs://my-bucket/s3d-features/dt=2026-11-24"
-    assert rendered["model"] == "https://tfhub.dev/deepmind/mil-nce/s3d/1"
-    assert rendered["setup_file"].endswith("setup.py") and rendered["sdk_container_image"] == ""
-    assert op.render_template(op.runner, context) == "DirectRunner"
-    config = op.render_template(op.dataflow_config, context)
+    context = {"params": {**_params(dag), **params}, "dag_run": dag_run}
+    # Nested objects are rendered in place: render a copy, as each task run renders its own.
+    return (op.render_template(op.pipeline_options, context),
+            op.render_template(copy.deepcopy(op.dataflow_config), context),
+            op.render_template(op.runner, context))
+
+
+def _scheduled_run(dag, after: datetime.datetime):
+    """The next scheduled run after `after`, as the DAG's own timetable makes it."""
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.base import DataInterval, TimeRestriction
+
+    info = coerce_to_core_timetable(dag.timetable).next_dagrun_info(
+        last_automated_data_interval=DataInterval(after, after),
+        restriction=TimeRestriction(earliest=dag.start_date, latest=None, catchup=True),
+    )
+    return SimpleNamespace(logical_date=info.logical_date, run_after=info.run_after)
+
+
+def test_a_scheduled_run_processes_the_day_that_just_ended(dag):
+    run = _scheduled_run(dag, datetime.datetime(2026, 11, 24, 0, 0, tzinfo=UTC))
+    assert run.logical_date == datetime.datetime(2026, 11, 25, tzinfo=UTC)  # runs at midnight...
+    options, config, runner = _render(dag, run)
+    # ...and reads the manifest of the day before, not of the day it runs on.
+    assert options["input"] == "gs://my-bucket/manifests/2026-11-24.txt"
+    assert options["output_prefix"] == "gs://my-bucket/s3d-features/dt=2026-11-24"
+    assert options["model"].startswith("gs://")  # workers may have no internet
+    assert options["wait"] == "false"  # a string: the Beam hook drops False
+    assert runner == "DirectRunner"
     assert config.job_name == "s3d-extract-20261124"
-    assert op.py_options == ["-m"] and op.py_file == "pipeline.extract"
+    # DataflowConfiguration does not template project_id; the DAG's subclass does.
+    assert config.project_id == "my-project" and config.location == "us-central1"
+
+
+def test_a_manual_run_without_a_logical_date_processes_the_day_before_it_ran(dag):
+    run = SimpleNamespace(logical_date=None, run_after=datetime.datetime(2026, 11, 26, 9, 30, tzinfo=UTC))
+    options, config, _ = _render(dag, run, project="other-project", region="europe-west4")
+    assert options["input"] == "gs://my-bucket/manifests/2026-11-25.txt"
+    assert config.job_name == "s3d-extract-20261125"
+    assert config.project_id == "other-project" and config.location == "europe-west4"
+
+
+def test_the_day_parameter_overrides_the_date(dag):
+    run = SimpleNamespace(logical_date=None, run_after=datetime.datetime(2026, 11, 26, tzinfo=UTC))
+    options, config, _ = _render(dag, run, day="2026-10-01")
+    assert options["output_prefix"].endswith("dt=2026-10-01") and config.job_name == "s3d-extract-20261001"
+
+
+def test_setup_file_comes_from_configuration_and_is_dropped_for_a_worker_image(dag):
+    run = SimpleNamespace(logical_date=None, run_after=datetime.datetime(2026, 11, 26, tzinfo=UTC))
+    options, _, _ = _render(dag, run)
+    assert options["setup_file"] == os.environ.get("S3D_SETUP_FILE", "")
+    options, _, _ = _render(dag, run, worker_image="us-docker.pkg.dev/p/r/worker:gpu")
+    assert options["setup_file"] == "" and options["sdk_container_image"] == "us-docker.pkg.dev/p/r/worker:gpu"
+
+
+def test_the_job_id_line_the_launcher_prints_is_what_airflow_parses():
+    """The launcher's logging (pipeline.runner) lets Beam's 'Created job with id' line through,
+    and Airflow's Dataflow hook extracts the id from it."""
+    from airflow.providers.google.cloud.hooks.dataflow import process_line_and_extract_dataflow_job_id_callback
+
+    code = (
+        "import logging; from pipeline.runner import configure_logging, JOB_ID_LOGGER; configure_logging(); "
+        "logging.getLogger(JOB_ID_LOGGER).info('Created job with id: [%s]', '2026-11-26_01_02_03-123')"
+    )
+    proc = subprocess.run([S3D_PYTHON, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    found = []
+    callback = process_line_and_extract_dataflow_job_id_callback(found.append)
+    for line in (proc.stdout + proc.stderr).splitlines():
+        callback(line)
+    assert found == ["2026-11-26_01_02_03-123"]
 
 
 def _project(code: str) -> None:
@@ -71,23 +147,40 @@ def inputs(tmp_path_factory):
     return {"dir": d, "model": str(model), "manifests": str(manifests), "output": str(d / "features")}
 
 
-def _run(dag, inputs, day: datetime.datetime, max_failure_rate: float):
-    return dag.test(logical_date=day, run_conf={
-        "manifest_root": inputs["manifests"], "output_root": inputs["output"], "model": inputs["model"],
-        "runner": "DirectRunner", "max_failure_rate": max_failure_rate,
-    })
+def _conf(inputs, max_failure_rate: float) -> dict:
+    return {"manifest_root": inputs["manifests"], "output_root": inputs["output"], "model": inputs["model"],
+            "runner": "DirectRunner", "max_failure_rate": max_failure_rate}
 
 
-def test_dag_runs_the_real_job_on_two_videos(dag, inputs):
-    run = _run(dag, inputs, DAY, 0.05)
+def _summary(inputs, day: str) -> dict:
+    return json.loads((Path(inputs["output"]) / f"dt={day}" / "run_summary.json").read_text())
+
+
+def test_a_scheduled_style_run_extracts_the_day_before_its_logical_date(dag, inputs):
+    run = dag.test(logical_date=datetime.datetime(2026, 11, 25, tzinfo=UTC), run_conf=_conf(inputs, 0.05))
     assert run.state == "success"
-    summary = json.loads((Path(inputs["output"]) / "dt=2026-11-24" / "run_summary.json").read_text())
+    summary = _summary(inputs, "2026-11-24")
     assert summary["counts"]["videos_ok"] == 2 and summary["counts"]["videos_failed"] == 0
     assert summary["model"] == inputs["model"]
 
 
-def test_the_check_fails_the_run_when_too_many_videos_failed(dag, inputs):
-    run = _run(dag, inputs, DAY + datetime.timedelta(days=1), 0.2)
+def test_a_manual_run_without_logical_date_whose_check_fails(dag, inputs):
+    # No logical date (no `ds`): the day before the run time, 2026-11-25, with one broken video.
+    run = dag.test(logical_date=None, run_after=datetime.datetime(2026, 11, 26, 8, tzinfo=UTC),
+                   run_conf=_conf(inputs, 0.2))
     assert run.state == "failed"
-    summary = json.loads((Path(inputs["output"]) / "dt=2026-11-25" / "run_summary.json").read_text())
+    summary = _summary(inputs, "2026-11-25")
     assert summary["counts"]["videos_failed"] == 1  # the job itself completed; the check failed the run
+
+
+def test_deferrable_applies_to_dataflow_runs_only(dag, monkeypatch):
+    """A deferred local run would run the whole job inside the triggerer: only Dataflow runs defer."""
+    from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
+
+    seen = []
+    monkeypatch.setattr(BeamRunPythonPipelineOperator, "execute", lambda self, context: seen.append(self.deferrable))
+    op = copy.deepcopy(dag.get_task("extract"))
+    for runner in ("DirectRunner", "DataflowRunner"):
+        op.deferrable, op.runner = True, runner
+        op.execute({})
+    assert seen == [False, True]
