@@ -61,7 +61,8 @@ $(AIRFLOW_STAMP): deploy/airflow/requirements.txt
 test-airflow: $(STAMP) $(AIRFLOW_STAMP)
 	rm -rf $(AIRFLOW_HOME_DIR) && mkdir -p $(AIRFLOW_HOME_DIR)
 	export AIRFLOW_HOME=$(abspath $(AIRFLOW_HOME_DIR)) AIRFLOW__CORE__LOAD_EXAMPLES=False \
-	  AIRFLOW__CORE__DAGS_FOLDER=$(abspath deploy/airflow/dags) S3D_PYTHON=$(abspath $(PY)); \
+	  AIRFLOW__CORE__DAGS_FOLDER=$(abspath deploy/airflow/dags) S3D_PYTHON=$(abspath $(PY)) \
+	  S3D_SETUP_FILE=$(abspath setup.py); \
 	  $(AIRFLOW_VENV)/bin/airflow db migrate > $(AIRFLOW_HOME_DIR)/db_migrate.log 2>&1 && \
 	  $(AIRFLOW_VENV)/bin/python -m pytest -q -p no:cacheprovider deploy/airflow/tests
 
