@@ -67,7 +67,7 @@ def make_source(name: str, directory: str) -> str:
 
 
 def run_ours(path: str, threads: int) -> dict:
-    from transforms.video_decode import ClipReader, DecodeOptions
+    from decoder import ClipReader, DecodeOptions
 
     reader = ClipReader(path, DecodeOptions(fps=10, frames_per_clip=32, size=224, threads=threads))
     start = time.perf_counter()

@@ -28,13 +28,14 @@ def main() -> None:
 
     import apache_beam as beam
 
+    from decoder import Clip
     from s3d.loader import load_s3d
     from transforms.records import ClipItem
 
     rng = np.random.default_rng(0)
     items = [
-        ClipItem("v", "gs://b/v.mp4", i, i * 3.2, (i + 1) * 3.2, 32, False,
-                 rng.integers(0, 256, (32, 224, 224, 3), dtype=np.uint8))
+        ClipItem("v", "gs://b/v.mp4", Clip(i, i * 3.2, (i + 1) * 3.2, 32, False,
+                                           rng.integers(0, 256, (32, 224, 224, 3), dtype=np.uint8)))
         for i in range(args.batch)
     ]
     # The clip PCollection is untyped: Beam encodes it with the coder it infers for Any.

@@ -9,7 +9,6 @@ it to its padding-only vector) and flagged `no_known_words`.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from typing import Any
 
@@ -25,33 +24,10 @@ from pipeline.runner import (
     package_version,
     parse_job_args,
 )
-from transforms.inference import Embed
-from transforms.inputs import BAD_LINES, ReadManifestRows, check_input
-from transforms.records import TextItem
+from transforms.inputs import ReadManifestRows, check_input
+from transforms.text import EmbedTexts
 
 TABLES = ("texts", "text_failures")
-FAILURES = "failures"
-
-
-def derive_text_id(text: str) -> str:
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:20]
-
-
-def text_failure(text_id: str, text: str, stage: str, error_type: str, message: str) -> dict[str, Any]:
-    return {"text_id": text_id, "text": text, "stage": stage, "error_type": error_type, "message": message}
-
-
-class ToTextItemFn(beam.DoFn):
-    def process(self, row: dict[str, Any]):
-        text = row.get("text")
-        given = row.get("text_id")
-        given = str(given).strip() if given not in (None, "") else None
-        if not isinstance(text, str):
-            yield beam.pvalue.TaggedOutput(FAILURES, text_failure(
-                given or derive_text_id(repr(row)), "" if text is None else str(text), "input", "ValueError",
-                f"row has no text string: {row!r}"[:500]))
-        else:
-            yield TextItem(given or derive_text_id(text), text)
 
 
 def run_metadata(model: ModelOptions) -> dict[str, Any]:
@@ -59,16 +35,11 @@ def run_metadata(model: ModelOptions) -> dict[str, Any]:
 
 
 def build_pipeline(p: beam.Pipeline, opts: IOOptions, model: ModelOptions) -> dict[str, beam.PCollection]:
+    """Adds the text graph to `p`; returns the rows of each table."""
     metadata = run_metadata(model)
-    rows = p | "ReadSentences" >> ReadManifestRows(opts.input, "text")
-    items = rows["rows"] | "ToTextItems" >> beam.ParDo(ToTextItemFn()).with_outputs(FAILURES, main="items")
-    embedded = items.items | "EmbedTexts" >> Embed(model.handler("text"))
-    inference_failures = embedded["failures"] | "InferenceFailures" >> beam.Map(
-        lambda kv: text_failure(kv[0], "", "inference", kv[1]["error_type"], kv[1]["message"]))
-    bad_lines = rows[BAD_LINES] | "BadLines" >> beam.Map(
-        lambda b: text_failure(derive_text_id(b["line"]), b["line"][:500], "input", b["error_type"], b["message"]))
-    failures = (items[FAILURES], inference_failures, bad_lines) | "AllFailures" >> beam.Flatten()
-    tables = {"texts": embedded["rows"], "text_failures": failures}
+    embedded = (p | "ReadSentences" >> ReadManifestRows(opts.input, "text")
+                | "EmbedTexts" >> EmbedTexts(model.handler("text")))
+    tables = {"texts": embedded["rows"], "text_failures": embedded["failures"]}
     _ = tables | "WriteTables" >> WriteTables(opts.output_prefix, metadata, {"texts": "texts", "failed": "text_failures"})
     return tables
 

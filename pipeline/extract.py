@@ -14,6 +14,7 @@ from typing import Any
 
 import apache_beam as beam
 
+from decoder import DecodeOptions
 from pipeline.options import EXTRACT_INPUT_HELP, EXTRACT_OUTPUT_HELP, ExtractOptions, IOOptions, ModelOptions
 from pipeline.report import failure_reasons, print_summary
 from pipeline.runner import (
@@ -37,25 +38,21 @@ TABLES = ("clips", "videos", "failures")
 log = logging.getLogger("pipeline.extract")
 
 
-def run_metadata(opts: ExtractOptions, model: ModelOptions) -> dict[str, Any]:
+def run_metadata(decode: DecodeOptions, model: ModelOptions) -> dict[str, Any]:
     """What produced the features: written into every file and the run summary."""
-    d = opts.decode_options()
     return {
         "job": "extract",
         "model": model.model,
-        "preprocessing": {
-            "fps": d.fps, "frames_per_clip": d.frames_per_clip, "stride": d.clip_stride if d.num_clips is None else None,
-            "num_clips": d.num_clips, "size": d.size, "crop": d.crop, "tail": d.tail,
-        },
+        "preprocessing": decode.preprocessing(),
         "package_version": package_version(),
     }
 
 
 def build_pipeline(
-    p: beam.Pipeline, io: IOOptions, opts: ExtractOptions, model: ModelOptions
+    p: beam.Pipeline, io: IOOptions, opts: ExtractOptions, model: ModelOptions, decode: DecodeOptions
 ) -> dict[str, beam.PCollection]:
     """Adds the extraction graph to `p` (tests pass a TestPipeline); returns the rows of each table."""
-    metadata = run_metadata(opts, model)
+    metadata = run_metadata(decode, model)
     handler = model.handler("video")
     retry = None
     if opts.retry_failures:
@@ -66,7 +63,7 @@ def build_pipeline(
         inputs["requests"]
         | "SkipDone" >> SkipDone(done_files)
         | "Reshuffle" >> beam.Reshuffle()  # spread decoding over workers
-        | "DecodeClips" >> DecodeClips(opts.decode_options(), opts.decode_prefetch, opts.io_retries,
+        | "DecodeClips" >> DecodeClips(decode, opts.decode_prefetch, opts.io_retries,
                                        opts.io_retry_backoff_sec)
     )
     clips = decoded["clips"]
@@ -101,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     io, opts, model = options.view_as(IOOptions), options.view_as(ExtractOptions), options.view_as(ModelOptions)
     try:
+        decode = opts.decode_options()
         opts.validate_extract()
         model.validate_model()
         if opts.retry_failures:
@@ -130,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             "failure_reasons": failure_reasons(io.output_prefix),
         }
 
-    summary, path = launch(options, io.output_prefix, TABLES, lambda p: build_pipeline(p, io, opts, model),
-                           run_metadata(opts, model), extra)
+    summary, path = launch(options, io.output_prefix, TABLES, lambda p: build_pipeline(p, io, opts, model, decode),
+                           run_metadata(decode, model), extra)
     announce(summary, path, options, print_summary)
     return 0
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, WorkerOptions
 
+from decoder import CROP_MODES, TAIL_POLICIES, DecodeOptions
 from s3d.loader import DEFAULT_HANDLE
 from transforms.inference import S3DModelHandler
-from transforms.video_decode import CROP_MODES, TAIL_POLICIES, DecodeOptions
 
 _DEFAULTS = DecodeOptions()
 
@@ -247,19 +247,13 @@ class ExtractOptions(PipelineOptions):
         cls._add_incremental_args(parser)
 
     def decode_options(self) -> DecodeOptions:
-        """The decoder's options; ValueError names the flag."""
-        if self.frames_per_clip is not None and self.frames_per_clip % 2:
-            raise ValueError(f"--frames_per_clip must be even (the model needs an even T), got {self.frames_per_clip}")
-        try:
-            return DecodeOptions(
-                fps=self.fps, frames_per_clip=self.frames_per_clip, stride=self.stride, num_clips=self.num_clips,
-                size=self.size, crop=self.crop, tail=self.tail, max_pixels=self.max_pixels,
-                max_duration_sec=self.max_duration_sec, max_seconds_per_video=self.max_seconds_per_video,
-                threads=self.decode_threads,
-            )
-        except ValueError as e:
-            message = str(e).replace("threads must", "decode_threads must")
-            raise ValueError(f"--{message}") from e
+        """The decoder's options, built once by the job's entry point; ValueError names the flag."""
+        return DecodeOptions(
+            fps=self.fps, frames_per_clip=self.frames_per_clip, stride=self.stride, num_clips=self.num_clips,
+            size=self.size, crop=self.crop, tail=self.tail, max_pixels=self.max_pixels,
+            max_duration_sec=self.max_duration_sec, max_seconds_per_video=self.max_seconds_per_video,
+            threads=self.decode_threads,
+        )
 
     @staticmethod
     def _add_incremental_args(parser) -> None:
@@ -293,4 +287,3 @@ class ExtractOptions(PipelineOptions):
             raise ValueError("--retry_stages and --retry_errors go with --retry_failures")
         if self.decode_prefetch is None or self.decode_prefetch < 0:
             raise ValueError(f"--decode_prefetch must be >= 0, got {self.decode_prefetch}")
-        self.decode_options()

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from transforms.errors import VideoError
+from decoder import VideoError
 
 THUMBS_PER_RESULT = 4
 THUMB_SIZE = 96
@@ -22,7 +22,7 @@ THUMB_SIZE = 96
 
 def thumbnails(uri: str, start_sec: float, end_sec: float, count: int = THUMBS_PER_RESULT) -> list[np.ndarray]:
     """`count` frames spread over [start_sec, end_sec) of the video, centre-cropped, THUMB_SIZE square."""
-    from transforms.video_decode import ClipReader, DecodeOptions
+    from decoder import ClipReader, DecodeOptions
 
     span = max(end_sec - start_sec, 1e-3)
     options = DecodeOptions(fps=count / span, frames_per_clip=count, size=THUMB_SIZE, max_seconds_per_video=60)

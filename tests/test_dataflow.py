@@ -41,7 +41,8 @@ def dataflow_args(tmp_path, *extra: str) -> list[str]:
 def build_job(args: list[str]):
     options = PipelineOptions(args)
     p = create_pipeline(options)
-    extract.build_pipeline(p, options.view_as(IOOptions), options.view_as(ExtractOptions), options.view_as(ModelOptions))
+    opts = options.view_as(ExtractOptions)
+    extract.build_pipeline(p, options.view_as(IOOptions), opts, options.view_as(ModelOptions), opts.decode_options())
     result = p.run()
     return result.job, p.runner.proto_pipeline
 

@@ -12,12 +12,12 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from decoder import ClipReader, DecodeOptions
 from pipeline import extract
 from pipeline.runner import read_summary
 from synthetic.videos import write_audio_only, write_video
 from transforms.records import derive_video_id
 from transforms.tables import CLIPS_SCHEMA, FAILURES_SCHEMA, METADATA_KEY, VIDEOS_SCHEMA
-from transforms.video_decode import ClipReader, DecodeOptions
 
 FAST = ["--size", "64", "--frames_per_clip", "8", "--fps", "5"]
 DECODE = DecodeOptions(size=64, frames_per_clip=8, fps=5)
@@ -199,16 +199,19 @@ def test_rerun_into_the_same_prefix_replaces_the_output(corpus, standin_dir, tmp
         (["--fps", "-2"], "--fps must be > 0"),
         (["--frames_per_clip", "7"], "--frames_per_clip must be even"),
         (["--size", "225"], "--size must be an even number"),
-        (["--stride", "4", "--num_clips", "3"], "--num_clips and stride exclude each other"),
+        (["--stride", "4", "--num_clips", "3"], "--num_clips and --stride exclude each other"),
         (["--batch_size", "0"], "--batch_size must be >= 1"),
         (["--decode_threads", "-1"], "--decode_threads must be >= 0"),
     ],
 )
 def test_bad_options_fail_before_the_pipeline_starts(corpus, tmp_path, capsys, args, message):
-    prefix = str(tmp_path / "never")
-    assert extract.main(["--input", corpus["manifest"], "--output_prefix", prefix, *args]) == 2
-    assert message in capsys.readouterr().err
-    assert not os.path.exists(prefix)
+    prefix = tmp_path / "earlier"
+    prefix.mkdir()
+    (prefix / "run_summary.json").write_text('{"status": "complete"}')  # a launch would replace it first
+    assert extract.main(["--input", corpus["manifest"], "--output_prefix", str(prefix), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert (prefix / "run_summary.json").read_text() == '{"status": "complete"}'  # nothing ran, nothing cleared
 
 
 def test_bad_inputs_fail_at_launch(tmp_path, capsys):
@@ -235,7 +238,8 @@ def test_the_graph_itself_writes_the_summary_when_the_tables_are_final(corpus, s
                                                         {"video_id": "text", "uri": str(corpus["dir"] / "text.mp4")}])
     options = PipelineOptions(["--input", manifest, "--output_prefix", prefix, "--model", standin_dir, *FAST])
     p = create_pipeline(options)
-    extract.build_pipeline(p, options.view_as(IOOptions), options.view_as(ExtractOptions), options.view_as(ModelOptions))
+    opts = options.view_as(ExtractOptions)
+    extract.build_pipeline(p, options.view_as(IOOptions), opts, options.view_as(ModelOptions), opts.decode_options())
     p.run().wait_until_finish()
     summary = read_summary(prefix)
     assert summary["status"] == "complete" and "counters" not in summary  # written by the graph, not the launcher

@@ -12,13 +12,13 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to, is_not_empty
 
+from decoder import Clip, DecodeOptions
 from synthetic.videos import write_video
 from transforms.assemble import AssembleVideos
 from transforms.decode import FAILURES, INFO, DecodeClipsFn
 from transforms.inference import Embed, S3DModelHandler
 from transforms.inputs import ReadVideoRequests, input_kind
 from transforms.records import ClipItem, VideoRequest, derive_video_id
-from transforms.video_decode import DecodeOptions
 
 LOCAL = ["--runner", "DirectRunner"]
 
@@ -93,7 +93,7 @@ def test_decode_fn_outputs_clips_then_info(tmp_path):
     out = list(fn.process(VideoRequest("v", path)))
     clips = [o for o in out if isinstance(o, ClipItem)]
     tagged = [o for o in out if isinstance(o, beam.pvalue.TaggedOutput)]
-    assert [c.clip_index for c in clips] == [0, 1, 2, 3] and clips[-1].padded
+    assert [c.clip_index for c in clips] == [0, 1, 2, 3] and clips[-1].clip.padded
     assert clips[0].frames.dtype == np.uint8 and clips[0].frames.shape == (8, 32, 32, 3)
     assert len(tagged) == 1 and tagged[0].tag == INFO
     video_id, info = tagged[0].value
@@ -133,8 +133,8 @@ class _FlakyHandler(S3DModelHandler):
 
 
 def _clip(video_id: str, index: int, value: int) -> ClipItem:
-    return ClipItem(video_id, f"/v/{video_id}.mp4", index, index * 3.2, index * 3.2 + 3.2, 32, False,
-                    np.full((2, 4, 4, 3), value, np.uint8))
+    clip = Clip(index, index * 3.2, index * 3.2 + 3.2, 32, False, np.full((2, 4, 4, 3), value, np.uint8))
+    return ClipItem(video_id, f"/v/{video_id}.mp4", clip)
 
 
 def test_inference_failures_become_failure_rows_and_good_videos_assemble():
@@ -172,7 +172,7 @@ def test_shared_model_proxy_calls_public_methods(standin_dir):
     proxy = shared.acquire()
     try:
         items = [_clip("v", 0, 0)]
-        items[0].frames = np.zeros((16, 32, 32, 3), np.uint8)
+        items[0].clip.frames = np.zeros((16, 32, 32, 3), np.uint8)
         rows = list(handler.run_inference(items, proxy))
         assert rows[0]["mixed_5c"].shape == (1024,) and rows[0]["video_embedding"].shape == (512,)
     finally:
@@ -183,7 +183,7 @@ def test_shared_model_proxy_calls_public_methods(standin_dir):
 
 
 def test_prefetch_keeps_order_and_bounds_the_lead():
-    from transforms.prefetch import prefetch
+    from decoder import prefetch
 
     produced = []
 
@@ -204,7 +204,7 @@ def test_prefetch_keeps_order_and_bounds_the_lead():
 
 
 def test_prefetch_reraises_the_producers_error_after_its_items():
-    from transforms.prefetch import prefetch
+    from decoder import prefetch
 
     def items():
         yield 1
@@ -221,7 +221,7 @@ def test_prefetch_reraises_the_producers_error_after_its_items():
 def test_prefetch_releases_the_producer_when_the_consumer_stops():
     import threading
 
-    from transforms.prefetch import prefetch
+    from decoder import prefetch
 
     stream = prefetch(iter(range(10**9)), depth=1)
     assert next(stream) == 0

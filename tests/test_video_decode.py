@@ -13,9 +13,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from decoder import ClipReader, DecodeOptions, errors
 from synthetic.videos import LEVELS, code, decode_index, pattern_frame, write_audio_only, write_video
-from transforms import errors
-from transforms.video_decode import ClipReader, DecodeOptions
 
 
 def read(path: str, **options) -> tuple[list, object]:
@@ -28,13 +27,46 @@ def indices(clip) -> list[int]:
     return [decode_index(f) for f in clip.frames]
 
 
-def test_no_tensorflow_import():
-    """The decoder must not pay for TensorFlow (decode-only workers and tests)."""
+def test_the_decoder_stands_alone(tmp_path):
+    """Decoding imports neither TensorFlow nor Beam (decode-only tools and tests do not pay for them)."""
     import subprocess
 
-    code_ = "import sys, transforms.video_decode; print('tensorflow' in sys.modules)"
+    path = write_video(str(tmp_path / "v.mp4"), 10, fps=10)
+    code_ = (
+        "import sys; from decoder import ClipReader, DecodeOptions\n"
+        f"clips = list(ClipReader({path!r}, DecodeOptions(frames_per_clip=4, size=32)))\n"
+        "print(len(clips), sorted(m for m in ('tensorflow', 'apache_beam') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code_], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "3 []"
+
+
+def test_a_remote_uri_is_read_through_the_opener_it_is_given(tmp_path):
+    path = write_video(str(tmp_path / "v.mp4"), 10, fps=10)
+    opened = []
+
+    def opener(uri):
+        opened.append(uri)
+        return open(path, "rb")
+
+    clips = list(ClipReader("mem://bucket/v.mp4", DecodeOptions(frames_per_clip=4, size=32), opener=opener))
+    assert opened == ["mem://bucket/v.mp4"] and len(clips) == 3
+    with pytest.raises(errors.OpenError, match="needs an opener"):
+        list(ClipReader("mem://bucket/v.mp4", DecodeOptions()))
+
+    def missing(uri):
+        raise FileNotFoundError(uri)
+
+    with pytest.raises(errors.OpenError, match="no such object") as e:
+        list(ClipReader("mem://bucket/gone.mp4", DecodeOptions(), opener=missing))
+    assert not e.value.transient
+
+    def flaky(uri):
+        raise TimeoutError("read timed out")
+
+    with pytest.raises(errors.OpenError, match="TimeoutError") as e:
+        list(ClipReader("mem://bucket/slow.mp4", DecodeOptions(), opener=flaky))
+    assert e.value.transient
 
 
 # ---- containers and codecs --------------------------------------------------------------------
@@ -76,7 +108,7 @@ def test_audio_stream_before_video(tmp_path):
 def test_29_97_fps_sampled_by_timestamps(tmp_path):
     rate = Fraction(30000, 1001)
     path = write_video(str(tmp_path / "ntsc.mp4"), 90, fps=rate, width=64, height=48)
-    clips, info = read(path, fps=10, frames_per_clip=5, size=32)
+    clips, info = read(path, fps=10, frames_per_clip=4, size=32)
     assert info.native_fps == pytest.approx(29.97, abs=0.01)
     got = [i for c in clips for i, k in zip(indices(c), range(c.num_frames), strict=False)]
     # The frame shown at t = k/10 is the last one that started at or before it.
@@ -97,9 +129,9 @@ def test_variable_frame_rate(tmp_path):
 
 def test_stream_starting_above_zero(tmp_path):
     path = write_video(str(tmp_path / "late.mkv"), 30, fps=10, start_sec=7.5, codec="mjpeg", pix_fmt="yuvj420p")
-    clips, info = read(path, fps=5, frames_per_clip=5, size=32)
-    assert clips[0].start_sec == 0.0 and indices(clips[0]) == [0, 2, 4, 6, 8]
-    assert clips[1].start_sec == pytest.approx(1.0) and indices(clips[1]) == [10, 12, 14, 16, 18]
+    clips, info = read(path, fps=5, frames_per_clip=4, size=32)
+    assert clips[0].start_sec == 0.0 and indices(clips[0]) == [0, 2, 4, 6]
+    assert clips[1].start_sec == pytest.approx(0.8) and indices(clips[1]) == [8, 10, 12, 14]
 
 
 def test_native_rate_keeps_every_frame(tmp_path):
@@ -182,11 +214,11 @@ def test_sliding_windows_with_stride(tmp_path):
 
 def test_tail_policies(tmp_path):
     path = write_video(str(tmp_path / "tail.mp4"), 13, fps=10)
-    padded, info = read(path, fps=None, frames_per_clip=5, size=32)
-    assert [c.num_frames for c in padded] == [5, 5, 3] and padded[-1].padded
-    assert indices(padded[-1]) == [10, 11, 12, 12, 12]
-    dropped, info = read(path, fps=None, frames_per_clip=5, size=32, tail="drop")
-    assert [c.num_frames for c in dropped] == [5, 5] and info.dropped_tail_frames == 3
+    padded, info = read(path, fps=None, frames_per_clip=6, size=32)
+    assert [c.num_frames for c in padded] == [6, 6, 1] and padded[-1].padded
+    assert indices(padded[-1]) == [12, 12, 12, 12, 12, 12]
+    dropped, info = read(path, fps=None, frames_per_clip=6, size=32, tail="drop")
+    assert [c.num_frames for c in dropped] == [6, 6] and info.dropped_tail_frames == 1
 
 
 def test_one_frame_video_and_shorter_than_a_clip(tmp_path):
@@ -217,9 +249,9 @@ def test_num_clips_spread_evenly_as_in_the_authors_eval(tmp_path):
 
 def test_segment_seeks_and_keeps_only_the_range(tmp_path):
     path = write_video(str(tmp_path / "long.mp4"), 300, fps=10, gop=10)  # keyframe every second
-    reader = ClipReader(path, DecodeOptions(fps=10, frames_per_clip=5, size=32), start_sec=20.0, end_sec=22.0)
+    reader = ClipReader(path, DecodeOptions(fps=10, frames_per_clip=4, size=32), start_sec=20.0, end_sec=22.0)
     clips = list(reader)
-    assert [indices(c) for c in clips] == [list(range(s, s + 5)) for s in (200, 205, 210, 215)]
+    assert [indices(c) for c in clips] == [list(range(s, s + 4)) for s in (200, 204, 208, 212, 216)]
     assert clips[0].start_sec == pytest.approx(20.0)
     assert reader.info.decoded_frames < 40  # seeked to the keyframe before 20 s, not decoded from 0
 
@@ -227,7 +259,7 @@ def test_segment_seeks_and_keeps_only_the_range(tmp_path):
 def test_segment_outside_the_video(tmp_path):
     path = write_video(str(tmp_path / "v.mp4"), 20, fps=10)
     with pytest.raises(errors.NoFramesError, match=r"\[50.0, 60.0\)"):
-        list(ClipReader(path, DecodeOptions(fps=10, frames_per_clip=5, size=32), start_sec=50.0, end_sec=60.0))
+        list(ClipReader(path, DecodeOptions(fps=10, frames_per_clip=4, size=32), start_sec=50.0, end_sec=60.0))
     with pytest.raises(ValueError, match="end_sec"):
         ClipReader(path, DecodeOptions(), start_sec=5.0, end_sec=2.0)
 
@@ -306,6 +338,19 @@ def test_options_name_the_bad_value():
         DecodeOptions(crop="middle")
     with pytest.raises(ValueError, match="exclude each other"):
         DecodeOptions(stride=4, num_clips=3)
+    # The model's rule, and the job's flag names, straight from the decoder.
+    with pytest.raises(ValueError, match=r"^--frames_per_clip must be even .* got 5$"):
+        DecodeOptions(frames_per_clip=5)
+    with pytest.raises(ValueError, match=r"^--decode_threads must be >= 0, got -1$"):
+        DecodeOptions(threads=-1)
+
+
+def test_preprocessing_is_the_fingerprint_of_what_decides_the_features():
+    assert DecodeOptions().preprocessing() == {
+        "fps": 10.0, "frames_per_clip": 32, "stride": 32, "num_clips": None, "size": 224, "crop": "center",
+        "tail": "pad"}
+    assert DecodeOptions(num_clips=10).preprocessing()["stride"] is None
+    assert DecodeOptions(threads=4, max_pixels=10).preprocessing() == DecodeOptions().preprocessing()
 
 
 # ---- memory -------------------------------------------------------------------------------------

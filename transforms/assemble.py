@@ -12,10 +12,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from s3d.architecture import EMBEDDING_DIM, MIXED_5C_DIM
-from transforms.records import failure_row
-
-FAILURES = "failures"
-_NAMESPACE = "s3d"
+from transforms.records import FAILURES, NAMESPACE, failure_row
 
 
 class MeanEmbeddingFn(beam.CombineFn):
@@ -53,7 +50,7 @@ class _AssembleFn(beam.DoFn):
     def _assemble(video_id: str, info: dict, mean, failed: list[dict]):
         embedded = mean[2] if mean else 0
         if failed:
-            Metrics.counter(_NAMESPACE, "videos_failed_inference").inc()
+            Metrics.counter(NAMESPACE, "videos_failed_inference").inc()
             first = failed[0]
             return beam.pvalue.TaggedOutput(
                 FAILURES,
@@ -62,14 +59,14 @@ class _AssembleFn(beam.DoFn):
                             clips_kept=embedded, segment=(info.get("segment_start_sec"), info.get("segment_end_sec"))),
             )
         if embedded != info["num_clips"]:
-            Metrics.counter(_NAMESPACE, "videos_failed_assemble").inc()
+            Metrics.counter(NAMESPACE, "videos_failed_assemble").inc()
             return beam.pvalue.TaggedOutput(
                 FAILURES,
                 failure_row(video_id, info["uri"], "assemble", "ClipCountMismatch",
                             f"decoded {info['num_clips']} clips but {embedded} were embedded", clips_kept=embedded,
                             segment=(info.get("segment_start_sec"), info.get("segment_end_sec"))),
             )
-        Metrics.counter(_NAMESPACE, "videos_ok").inc()
+        Metrics.counter(NAMESPACE, "videos_ok").inc()
         return {**info, "mixed_5c": mean[0], "video_embedding": mean[1]}
 
 

@@ -13,17 +13,20 @@ import time
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.errors import VideoError
-from transforms.prefetch import prefetch
-from transforms.records import ClipItem, VideoRequest, failure_row
-from transforms.video_decode import ClipReader, DecodeOptions
+from decoder import ClipReader, DecodeOptions, VideoError, prefetch
+from transforms.records import FAILURES, NAMESPACE, ClipItem, VideoRequest, failure_row, video_row
 
 INFO = "info"
-FAILURES = "failures"
-_NAMESPACE = "s3d"
 _PROGRESS_EVERY_SEC = 30.0
 
 log = logging.getLogger(__name__)
+
+
+def open_with_beam(uri: str):
+    """The decoder's opener for remote URIs: any filesystem Beam knows (gs://, s3://, ...)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.open(uri, compression_type="application/octet-stream")
 
 
 class DecodeClipsFn(beam.DoFn):
@@ -41,20 +44,20 @@ class DecodeClipsFn(beam.DoFn):
         self._backoff_sec = backoff_sec
 
     def setup(self):
-        self._videos_ok = Metrics.counter(_NAMESPACE, "videos_decoded")
-        self._clips = Metrics.counter(_NAMESPACE, "clips_decoded")
-        self._frames = Metrics.counter(_NAMESPACE, "frames_decoded")
-        self._padded = Metrics.counter(_NAMESPACE, "clips_padded")
-        self._retries = Metrics.counter(_NAMESPACE, "io_retries")
-        self._decode_ms = Metrics.distribution(_NAMESPACE, "decode_ms_per_video")
+        self._videos_ok = Metrics.counter(NAMESPACE, "videos_decoded")
+        self._clips = Metrics.counter(NAMESPACE, "clips_decoded")
+        self._frames = Metrics.counter(NAMESPACE, "frames_decoded")
+        self._padded = Metrics.counter(NAMESPACE, "clips_padded")
+        self._retries = Metrics.counter(NAMESPACE, "io_retries")
+        self._decode_ms = Metrics.distribution(NAMESPACE, "decode_ms_per_video")
         self._done = 0
         self._clip_total = 0
         self._started = time.monotonic()
         self._last_report = self._started
 
     def _fail(self, request: VideoRequest, error: Exception, stage: str, transient: bool, clips_kept: int):
-        Metrics.counter(_NAMESPACE, f"videos_failed_{stage}").inc()
-        Metrics.counter(_NAMESPACE, f"error_{type(error).__name__}").inc()
+        Metrics.counter(NAMESPACE, f"videos_failed_{stage}").inc()
+        Metrics.counter(NAMESPACE, f"error_{type(error).__name__}").inc()
         return beam.pvalue.TaggedOutput(
             FAILURES,
             failure_row(request.video_id, request.uri, stage, type(error).__name__,
@@ -62,22 +65,16 @@ class DecodeClipsFn(beam.DoFn):
                         segment=(request.start_sec, request.end_sec)),
         )
 
-    def _clip_item(self, request: VideoRequest, clip) -> ClipItem:
-        return ClipItem(
-            video_id=request.video_id, uri=request.uri, clip_index=clip.clip_index, start_sec=clip.start_sec,
-            end_sec=clip.end_sec, num_frames=clip.num_frames, padded=clip.padded, frames=clip.frames,
-        )
-
     def process(self, request: VideoRequest):
         start = time.monotonic()
         emitted = 0
         for attempt in range(self._io_retries + 1):
-            reader = ClipReader(request.uri, self._options, request.start_sec, request.end_sec)
+            reader = ClipReader(request.uri, self._options, request.start_sec, request.end_sec, opener=open_with_beam)
             try:
                 for clip in prefetch(reader, self._prefetch):
                     emitted += 1
                     self._padded.inc(int(clip.padded))
-                    yield self._clip_item(request, clip)
+                    yield ClipItem(request.video_id, request.uri, clip)
                 break
             except VideoError as e:  # includes a stream that broke after some clips (they stay in `clips`)
                 if e.transient and emitted == 0 and attempt < self._io_retries:
@@ -92,7 +89,7 @@ class DecodeClipsFn(beam.DoFn):
             except Exception as e:  # noqa: BLE001 - a decoder crash on one file must not end a job of millions;
                 # it is logged with its traceback, counted, and recorded with its type for a bug report.
                 log.exception("unexpected error decoding %s", request.uri)
-                Metrics.counter(_NAMESPACE, "unexpected_errors").inc()
+                Metrics.counter(NAMESPACE, "unexpected_errors").inc()
                 self._clips.inc(emitted)
                 yield self._fail(request, e, "decode", False, emitted)
                 return
@@ -101,28 +98,7 @@ class DecodeClipsFn(beam.DoFn):
         self._clips.inc(emitted)
         self._frames.inc(info.decoded_frames)
         self._decode_ms.update(int((time.monotonic() - start) * 1000))
-        yield beam.pvalue.TaggedOutput(
-            INFO,
-            (
-                request.video_id,
-                {
-                    "video_id": request.video_id,
-                    "uri": request.uri,
-                    "segment_start_sec": request.start_sec,
-                    "segment_end_sec": request.end_sec,
-                    "duration_sec": info.duration_sec,
-                    "native_fps": info.native_fps,
-                    "width": info.width,
-                    "height": info.height,
-                    "rotation": info.rotation,
-                    "codec": info.codec,
-                    "decoded_frames": info.decoded_frames,
-                    "sampled_frames": info.sampled_frames,
-                    "dropped_tail_frames": info.dropped_tail_frames,
-                    "num_clips": info.num_clips,
-                },
-            ),
-        )
+        yield beam.pvalue.TaggedOutput(INFO, (request.video_id, video_row(request, info)))
         self._report(emitted)
 
     def _report(self, clips: int) -> None:

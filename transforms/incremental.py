@@ -16,10 +16,10 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from transforms.records import NAMESPACE
 from transforms.tables import read_run_metadata, table_glob
 
 log = logging.getLogger(__name__)
-_NAMESPACE = "s3d"
 
 
 def _file_metadata(path: str) -> dict[str, Any]:
@@ -43,7 +43,7 @@ def matching_table_files(prefixes: Sequence[str], table: str, model: str, prepro
 
 class _DropDoneFn(beam.DoFn):
     def __init__(self):
-        self._skipped = Metrics.counter(_NAMESPACE, "videos_skipped_done")
+        self._skipped = Metrics.counter(NAMESPACE, "videos_skipped_done")
 
     def process(self, keyed):
         _, grouped = keyed
@@ -89,7 +89,7 @@ class _FailureToRowFn(beam.DoFn):
             return
         if self._errors and failure["error_type"] not in self._errors:
             return
-        Metrics.counter(_NAMESPACE, "failures_retried").inc()
+        Metrics.counter(NAMESPACE, "failures_retried").inc()
         yield {
             "video_id": failure["video_id"],
             "uri": failure["uri"],

@@ -17,10 +17,9 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from transforms.records import ClipItem, TextItem
+from transforms.records import NAMESPACE, ClipItem, TextItem
 
 Task = Literal["video", "text"]
-_NAMESPACE = "s3d"
 
 
 class S3DModelHandler(ModelHandler[Any, dict, Any]):
@@ -59,10 +58,6 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
         )
         self._handle = model_handle
         self._task = task
-
-    @property
-    def model_handle(self) -> str:
-        return self._handle
 
     def load_model(self):
         from s3d.loader import load_s3d  # TensorFlow is imported on the worker, not at graph build
@@ -108,7 +103,7 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
         return sum(len(item.text.encode("utf-8")) for item in batch)
 
     def get_metrics_namespace(self) -> str:
-        return f"{_NAMESPACE}_{self._task}"
+        return f"{NAMESPACE}_{self._task}"
 
 
 def _failed_batch_rows(failed) -> Iterable[tuple[str, dict]]:
@@ -119,7 +114,7 @@ def _failed_batch_rows(failed) -> Iterable[tuple[str, dict]]:
         message = str(error[1]) if len(error) > 1 else ""
     else:
         error_type, message = type(error).__name__, str(error)
-    Metrics.counter(_NAMESPACE, "inference_failed_elements").inc(len(batch))
+    Metrics.counter(NAMESPACE, "inference_failed_elements").inc(len(batch))
     for item in batch:
         key = item.video_id if isinstance(item, ClipItem) else item.text_id
         yield key, {"error_type": error_type, "message": message[:2000], "item": getattr(item, "clip_index", None)}

@@ -19,12 +19,10 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.records import VideoRequest, derive_video_id, failure_row
+from transforms.records import FAILURES, NAMESPACE, VideoRequest, derive_video_id, failure_row
 
 MANIFEST_KINDS = {".txt": "txt", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
-FAILURES = "failures"
 BAD_LINES = "bad_lines"
-_NAMESPACE = "s3d"
 
 
 def input_kind(spec: str) -> str:
@@ -80,7 +78,7 @@ class ToVideoRequestFn(beam.DoFn):
     """A manifest row (dict) -> VideoRequest, or a failure row naming what is wrong with it."""
 
     def __init__(self):
-        self._bad = Metrics.counter(_NAMESPACE, "input_rows_invalid")
+        self._bad = Metrics.counter(NAMESPACE, "input_rows_invalid")
 
     def process(self, row: dict[str, Any]):
         uri = row.get("uri")
@@ -131,7 +129,7 @@ class _ParseLineFn(beam.DoFn):
                     raise ValueError(f"{len(values)} fields where the header has {len(self._header)}")
                 yield dict(zip(self._header, values, strict=True))
         except ValueError as e:
-            Metrics.counter(_NAMESPACE, "input_rows_invalid").inc()
+            Metrics.counter(NAMESPACE, "input_rows_invalid").inc()
             yield beam.pvalue.TaggedOutput(BAD_LINES, {"line": line, "error_type": type(e).__name__, "message": str(e)})
 
 
@@ -170,7 +168,7 @@ class _KeepFirstFn(beam.DoFn):
     """Of requests sharing a video_id: one goes on; exact repeats are counted, conflicting ones fail."""
 
     def __init__(self):
-        self._repeats = Metrics.counter(_NAMESPACE, "input_duplicates")
+        self._repeats = Metrics.counter(NAMESPACE, "input_duplicates")
 
     def process(self, keyed):
         video_id, requests = keyed

@@ -1,8 +1,9 @@
-"""The elements that travel between the job's steps, and the failure record.
+"""The elements that travel between the job's steps, the rows they become, and the failure record.
 
 Plain, picklable values: a `VideoRequest` per input video, a `ClipItem` per clip
-(frames as uint8; they become float32 only at the model), and failure rows that
-say which video failed, at which stage, and why.
+(the decoder's `Clip`, frames as uint8; they become float32 only at the model), and
+failure rows that say which video failed, at which stage, and why. Also the one
+failure output tag and the one metrics namespace every step uses.
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from decoder import Clip, VideoInfo
+
+FAILURES = "failures"  # the failure output of every step that can fail
+NAMESPACE = "s3d"  # the job's Beam metrics (counters in the Dataflow UI's Job metrics)
+
 
 class VideoRequest(NamedTuple):
     video_id: str
@@ -21,27 +27,47 @@ class VideoRequest(NamedTuple):
     end_sec: float | None = None
 
 
+def stable_id(key: str) -> str:
+    """The ids of videos and sentences: the same key always gets the same 20 hex digits."""
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()[:20]
+
+
 def derive_video_id(uri: str, start_sec: float | None = None, end_sec: float | None = None) -> str:
     """A stable id from the URI (and segment): the same input always gets the same id."""
     key = uri if start_sec is None and end_sec is None else f"{uri}#t={start_sec or 0:g},{'' if end_sec is None else f'{end_sec:g}'}"
-    return hashlib.sha1(key.encode("utf-8")).hexdigest()[:20]
+    return stable_id(key)
 
 
 @dataclasses.dataclass
 class ClipItem:
-    """One clip on its way to the model."""
+    """One clip on its way to the model: which video it belongs to, and the decoder's clip."""
 
     video_id: str
     uri: str
-    clip_index: int
-    start_sec: float
-    end_sec: float
-    num_frames: int
-    padded: bool
-    frames: np.ndarray  # uint8 [T, H, W, 3]
+    clip: Clip
+
+    @property
+    def frames(self) -> np.ndarray:
+        return self.clip.frames  # uint8 [T, H, W, 3]
+
+    @property
+    def clip_index(self) -> int:
+        return self.clip.clip_index
 
     def metadata(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "frames"}
+        """The clip's row without its features."""
+        fields = {f.name: getattr(self.clip, f.name) for f in dataclasses.fields(Clip) if f.name != "frames"}
+        return {"video_id": self.video_id, "uri": self.uri, **fields}
+
+
+def video_row(request: VideoRequest, info: VideoInfo) -> dict[str, Any]:
+    """A video's row without its features: the request's id and segment, then all the decoder knows."""
+    return {
+        "video_id": request.video_id,
+        "segment_start_sec": request.start_sec,
+        "segment_end_sec": request.end_sec,
+        **dataclasses.asdict(info),
+    }
 
 
 class TextItem(NamedTuple):

@@ -14,6 +14,7 @@ WORKDIR /template
 COPY setup.py README.md ./
 COPY pipeline ./pipeline
 COPY transforms ./transforms
+COPY decoder ./decoder
 COPY s3d ./s3d
 COPY synthetic ./synthetic
 

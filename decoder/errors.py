@@ -53,10 +53,9 @@ class TooShortError(VideoError):
 class CorruptStreamError(VideoError):
     """The stream broke after some frames; the clips decoded before the break were emitted."""
 
-    def __init__(self, uri: str, message: str, clips_emitted: int, at_sec: float | None):
+    def __init__(self, uri: str, message: str, clips_emitted: int):
         super().__init__(uri, message)
         self.clips_emitted = clips_emitted
-        self.at_sec = at_sec
 
 
 class LimitExceededError(VideoError):

@@ -1,0 +1,29 @@
+"""The video decoder: a video URI -> model-ready clips, with PyAV. Imports neither Beam nor TensorFlow.
+
+    from decoder import ClipReader, DecodeOptions
+    for clip in ClipReader("video.mp4", DecodeOptions()):
+        clip.frames  # uint8 [32, 224, 224, 3]
+
+Remote URIs are opened through an `opener` the caller passes in (the Beam layer passes
+Beam's FileSystems); local paths need none.
+"""
+
+from decoder.errors import (
+    CorruptStreamError,
+    LimitExceededError,
+    NoFramesError,
+    NoVideoStreamError,
+    OpenError,
+    TooShortError,
+    UnsupportedCodecError,
+    VideoError,
+)
+from decoder.options import CROP_MODES, FALLBACK_FPS, TAIL_POLICIES, DecodeOptions
+from decoder.prefetch import prefetch
+from decoder.reader import Clip, ClipReader, Opener, VideoInfo, is_local
+
+__all__ = [
+    "CROP_MODES", "FALLBACK_FPS", "TAIL_POLICIES", "Clip", "ClipReader", "CorruptStreamError", "DecodeOptions",
+    "LimitExceededError", "NoFramesError", "NoVideoStreamError", "OpenError", "Opener", "TooShortError",
+    "UnsupportedCodecError", "VideoError", "VideoInfo", "is_local", "prefetch",
+]
