@@ -16,7 +16,6 @@ import apache_beam as beam
 
 from pipeline.options import TEXT_INPUT_HELP, TEXT_OUTPUT_HELP, IOOptions, ModelOptions
 from pipeline.runner import (
-    WriteTables,
     announce,
     check_worker_packaging,
     configure_logging,
@@ -25,6 +24,7 @@ from pipeline.runner import (
     parse_job_args,
 )
 from transforms.inputs import ReadManifestRows, check_input
+from transforms.tables import WriteTables
 from transforms.text import EmbedTexts
 
 TABLES = ("texts", "text_failures")

@@ -18,7 +18,6 @@ from decoder import DecodeOptions
 from pipeline.options import EXTRACT_INPUT_HELP, EXTRACT_OUTPUT_HELP, ExtractOptions, IOOptions, ModelOptions
 from pipeline.report import failure_reasons, print_summary
 from pipeline.runner import (
-    WriteTables,
     announce,
     check_worker_packaging,
     configure_logging,
@@ -31,7 +30,8 @@ from transforms.decode import DecodeClips
 from transforms.incremental import ReadFailuresAsInput, SkipDone, matching_table_files
 from transforms.inference import Embed
 from transforms.inputs import ReadVideoRequests, check_input
-from transforms.tables import table_glob
+from transforms.layout import table_glob
+from transforms.tables import WriteTables
 
 TABLES = ("clips", "videos", "failures")
 

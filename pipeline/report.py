@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.tables import table_glob
+from transforms.layout import table_glob
 
 
 def failure_reasons(output_prefix: str, top: int = 10) -> list[dict[str, Any]]:

@@ -8,9 +8,7 @@ try to fetch the Prism runner, which fails offline before it falls back.
 from __future__ import annotations
 
 import argparse
-import datetime
 import glob
-import json
 import logging
 import os
 import shutil
@@ -26,10 +24,11 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
 
+from decoder import is_local
 from pipeline.options import IOOptions
-from transforms.tables import WriteTable, table_glob
+from transforms.layout import summary_path, table_glob
+from transforms.tables import read_summary, utc_now, write_summary
 
-SUMMARY_NAME = "run_summary.json"
 LOCAL_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner")
 
 log = logging.getLogger(__name__)
@@ -61,13 +60,13 @@ def package_version() -> str:
     return version()
 
 
-def is_local(options: PipelineOptions) -> bool:
+def runs_locally(options: PipelineOptions) -> bool:
     return options.view_as(StandardOptions).runner in LOCAL_RUNNERS
 
 
 def create_pipeline(options: PipelineOptions) -> beam.Pipeline:
     """A Pipeline on the runner the options name; locally, the FnApiRunner."""
-    if not is_local(options):
+    if not runs_locally(options):
         return beam.Pipeline(options=options)
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
@@ -77,10 +76,6 @@ def create_pipeline(options: PipelineOptions) -> beam.Pipeline:
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
     return beam.Pipeline(runner=fn_runner.FnApiRunner(provision_info=provision), options=options)
-
-
-def summary_path(output_prefix: str) -> str:
-    return f"{output_prefix.rstrip('/')}/{SUMMARY_NAME}"
 
 
 def clear_previous_run(output_prefix: str, tables: tuple[str, ...]) -> int:
@@ -101,7 +96,7 @@ def clear_previous_run(output_prefix: str, tables: tuple[str, ...]) -> int:
         except BeamIOError:
             if FileSystems.exists(path):
                 raise
-    if "://" not in output_prefix:  # local disk has real directories; object stores do not
+    if is_local(output_prefix):  # local disk has real directories; object stores do not
         for t in tables:
             for leftover in glob.glob(os.path.join(base, t, "beam-temp-*")):
                 shutil.rmtree(leftover, ignore_errors=True)
@@ -129,26 +124,6 @@ def distributions(result) -> dict[str, dict[str, float]]:
     return out
 
 
-def write_summary(output_prefix: str, summary: dict[str, Any]) -> str:
-    """Writes the run summary last: its presence marks a complete run."""
-    path = summary_path(output_prefix)
-    with FileSystems.create(path, mime_type="application/json") as f:
-        f.write(json.dumps(summary, indent=2, sort_keys=True, default=str).encode("utf-8"))
-    return path
-
-
-def read_summary(output_prefix: str) -> dict[str, Any] | None:
-    path = summary_path(output_prefix)
-    if not FileSystems.exists(path):
-        return None
-    with FileSystems.open(path) as f:
-        return json.loads(f.read().decode("utf-8"))
-
-
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
-
 class Stopwatch:
     def __init__(self):
         self.start = time.monotonic()
@@ -156,73 +131,6 @@ class Stopwatch:
     @property
     def seconds(self) -> float:
         return time.monotonic() - self.start
-
-
-class CountRows(beam.PTransform):
-    """Counts the rows that reach a table (metric `rows_<table>`), passing them through."""
-
-    def __init__(self, table: str):
-        super().__init__()
-        self._name = f"rows_{table}"
-
-    def expand(self, rows):
-        name = self._name
-
-        def count(row):
-            beam.metrics.Metrics.counter("s3d", name).inc()
-            return row
-
-        return rows | beam.Map(count)
-
-
-class WriteTables(beam.PTransform):
-    """Rows of each table -> counted, written as Parquet shards; then PREFIX/run_summary.json.
-
-    The summary is the completion marker, written once every table's files are final. It is
-    part of the graph, so it works on any runner and without a launcher that waits (a Flex
-    Template launch); row counts come from the finished files' Parquet footers. A launcher
-    that waits for the job then adds the job's metrics to it.
-
-    Args:
-        counts: summary count name -> the table whose rows it counts.
-    """
-
-    def __init__(self, output_prefix: str, metadata: dict[str, Any], counts: dict[str, str]):
-        super().__init__()
-        self._prefix = output_prefix
-        self._metadata = metadata
-        self._counts = counts
-
-    def expand(self, tables: dict[str, beam.PCollection]):
-        files = []
-        for name, rows in tables.items():
-            title = "".join(part.capitalize() for part in name.split("_"))
-            written = (rows | f"Count{title}" >> CountRows(name)
-                       | f"Write{title}" >> WriteTable(self._prefix, name, self._metadata))
-            files.append(written | f"Tag{title}" >> beam.Map(lambda path, t=name: (t, path)))
-        return (
-            tuple(files)
-            | "AllFiles" >> beam.Flatten()
-            | "WhenAllFinal" >> beam.combiners.ToList()
-            | "WriteRunSummary" >> beam.Map(self._write_summary, list(tables))
-        )
-
-    def _write_summary(self, entries: list[tuple[str, str]], tables: list[str]) -> str:
-        import pyarrow.parquet as pq
-
-        rows = dict.fromkeys(tables, 0)
-        for table, path in entries:
-            with FileSystems.open(path) as f:
-                rows[table] += pq.read_metadata(f).num_rows
-        return write_summary(self._prefix, {
-            **self._metadata,
-            "status": "complete",
-            "output_prefix": self._prefix,
-            "finished": utc_now(),
-            "rows": rows,
-            "counts": {name: rows[table] for name, table in self._counts.items()},
-            "tables": {t: table_glob(self._prefix, t) for t in tables},
-        })
 
 
 BEAM_EPILOG = (
@@ -255,7 +163,7 @@ def check_worker_packaging(options: PipelineOptions) -> None:
 
     Without either, a Dataflow job starts and every worker fails importing `transforms`.
     """
-    if is_local(options):
+    if runs_locally(options):
         return
     from apache_beam.options.pipeline_options import SetupOptions, WorkerOptions
 
@@ -274,7 +182,7 @@ def announce(summary: dict[str, Any], path: str, options: PipelineOptions, print
         print("dry run: the job was built and not submitted; no output was written", file=sys.stderr)
     elif summary["status"] == "submitted":
         print(f"submitted; the job writes {path} when it completes", file=sys.stderr)
-    elif is_local(options):
+    elif runs_locally(options):
         print_local(summary, path)
 
 
@@ -302,7 +210,7 @@ def launch(
     p = create_pipeline(options)
     build(p)
     result = p.run()
-    if not is_local(options) and (not options.view_as(IOOptions).wait or not getattr(result, "has_job", True)):
+    if not runs_locally(options) and (not options.view_as(IOOptions).wait or not getattr(result, "has_job", True)):
         # A Flex Template launch (or --template_location) stages the job and has no job to wait
         # for: the result's has_job is False and waiting or querying metrics would raise.
         return {**metadata, "status": "submitted"}, summary_path(output_prefix)

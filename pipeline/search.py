@@ -26,9 +26,10 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from threadpoolctl import threadpool_limits
 
-from pipeline.runner import SUMMARY_NAME, read_summary
+from decoder import is_local
 from s3d.loader import ModelLoadError
-from transforms.tables import read_run_metadata, table_glob
+from transforms.layout import SUMMARY_NAME, table_glob
+from transforms.tables import read_run_metadata, read_summary
 
 LEVEL_TABLE = {"clip": "clips", "video": "videos"}
 LEVEL_COLUMNS = {
@@ -61,7 +62,7 @@ def table_files(prefix: str, level: str) -> list[str]:
 def _open(path: str, metadata: pq.FileMetaData | None = None) -> pq.ParquetFile:
     """Opens a Parquet file; given its footer (`metadata`), does not read it again."""
     # pre_buffer coalesces a row group's column reads (measured: about 2x faster on the embedding column).
-    if "://" in path:
+    if not is_local(path):
         return pq.ParquetFile(FileSystems.open(path), metadata=metadata, pre_buffer=True)
     return pq.ParquetFile(path, metadata=metadata, memory_map=True, pre_buffer=True)
 

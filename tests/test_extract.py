@@ -14,10 +14,9 @@ import pytest
 
 from decoder import ClipReader, DecodeOptions
 from pipeline import extract
-from pipeline.runner import read_summary
 from synthetic.videos import write_audio_only, write_video
 from transforms.records import derive_video_id
-from transforms.tables import CLIPS_SCHEMA, FAILURES_SCHEMA, METADATA_KEY, VIDEOS_SCHEMA
+from transforms.tables import CLIPS_SCHEMA, FAILURES_SCHEMA, METADATA_KEY, VIDEOS_SCHEMA, read_summary
 
 FAST = ["--size", "64", "--frames_per_clip", "8", "--fps", "5"]
 DECODE = DecodeOptions(size=64, frames_per_clip=8, fps=5)

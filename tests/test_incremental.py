@@ -14,8 +14,8 @@ import pytest
 from apache_beam.io.localfilesystem import LocalFileSystem
 
 from pipeline import extract
-from pipeline.runner import read_summary
 from synthetic.videos import write_video
+from transforms.tables import read_summary
 
 FAST = ["--size", "64", "--frames_per_clip", "8", "--fps", "5"]
 

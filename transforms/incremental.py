@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from transforms.layout import table_glob
 from transforms.records import NAMESPACE
-from transforms.tables import read_run_metadata, table_glob
+from transforms.tables import read_run_metadata
 
 log = logging.getLogger(__name__)
 

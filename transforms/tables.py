@@ -8,13 +8,18 @@ under `s3d.run`, so a file read alone still says how its features were made.
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
 
 from s3d.architecture import EMBEDDING_DIM, MIXED_5C_DIM
+from transforms import layout
+from transforms.layout import summary_path, table_glob, table_prefix
+from transforms.records import NAMESPACE
 
 METADATA_KEY = b"s3d.run"
 
@@ -88,15 +93,6 @@ SCHEMAS = {
 }
 
 
-def table_prefix(output_prefix: str, table: str) -> str:
-    """The shard prefix of a table: PREFIX/TABLE/TABLE (shards add -SSSSS-of-NNNNN.parquet)."""
-    return f"{output_prefix.rstrip('/')}/{table}/{table}"
-
-
-def table_glob(output_prefix: str, table: str) -> str:
-    return f"{table_prefix(output_prefix, table)}-*.parquet"
-
-
 def with_run_metadata(schema: pa.Schema, run_metadata: dict[str, Any]) -> pa.Schema:
     return schema.with_metadata({METADATA_KEY: json.dumps(run_metadata, sort_keys=True).encode("utf-8")})
 
@@ -125,3 +121,87 @@ class WriteTable(beam.PTransform):
             codec="snappy",
             record_batch_size=256,
         )
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def write_summary(output_prefix: str, summary: dict[str, Any]) -> str:
+    """Writes the run summary (PREFIX/run_summary.json) on any Beam filesystem; returns its path."""
+    path = summary_path(output_prefix)
+    with FileSystems.create(path, mime_type="application/json") as f:
+        f.write(json.dumps(summary, indent=2, sort_keys=True, default=str).encode("utf-8"))
+    return path
+
+
+def read_summary(output_prefix: str) -> dict[str, Any] | None:
+    """The run summary under a prefix on any Beam filesystem, or None when the run has not completed."""
+    return layout.read_summary(output_prefix, opener=FileSystems.open)
+
+
+class CountRows(beam.PTransform):
+    """Counts the rows that reach a table (metric `rows_<table>`), passing them through."""
+
+    def __init__(self, table: str):
+        super().__init__()
+        self._name = f"rows_{table}"
+
+    def expand(self, rows):
+        name = self._name
+
+        def count(row):
+            beam.metrics.Metrics.counter(NAMESPACE, name).inc()
+            return row
+
+        return rows | beam.Map(count)
+
+
+class WriteTables(beam.PTransform):
+    """Rows of each table -> counted, written as Parquet shards; then PREFIX/run_summary.json.
+
+    The summary is the completion marker, written once every table's files are final. It is
+    part of the graph, so it works on any runner and without a launcher that waits (a Flex
+    Template launch); row counts come from the finished files' Parquet footers. A launcher
+    that waits for the job then adds the job's metrics to it.
+
+    Args:
+        counts: summary count name -> the table whose rows it counts.
+    """
+
+    def __init__(self, output_prefix: str, metadata: dict[str, Any], counts: dict[str, str]):
+        super().__init__()
+        self._prefix = output_prefix
+        self._metadata = metadata
+        self._counts = counts
+
+    def expand(self, tables: dict[str, beam.PCollection]):
+        files = []
+        for name, rows in tables.items():
+            title = "".join(part.capitalize() for part in name.split("_"))
+            written = (rows | f"Count{title}" >> CountRows(name)
+                       | f"Write{title}" >> WriteTable(self._prefix, name, self._metadata))
+            files.append(written | f"Tag{title}" >> beam.Map(lambda path, t=name: (t, path)))
+        return (
+            tuple(files)
+            | "AllFiles" >> beam.Flatten()
+            | "WhenAllFinal" >> beam.combiners.ToList()
+            | "WriteRunSummary" >> beam.Map(self._write_summary, list(tables))
+        )
+
+    def _write_summary(self, entries: list[tuple[str, str]], tables: list[str]) -> str:
+        import pyarrow.parquet as pq
+
+        rows = dict.fromkeys(tables, 0)
+        for table, path in entries:
+            with FileSystems.open(path) as f:
+                rows[table] += pq.read_metadata(f).num_rows
+        return write_summary(self._prefix, {
+            **self._metadata,
+            "status": "complete",
+            "output_prefix": self._prefix,
+            "finished": utc_now(),
+            "rows": rows,
+            "counts": {name: rows[table] for name, table in self._counts.items()},
+            "tables": {t: table_glob(self._prefix, t) for t in tables},
+        })

@@ -1,0 +1,52 @@
+"""Where a run's output lives, in one place, without Beam: PREFIX/TABLE/TABLE-SSSSS-of-NNNNN.parquet
+and PREFIX/run_summary.json (written last: its presence marks a complete run).
+
+The jobs, search, incremental runs and the Airflow DAG's check all derive paths here.
+Reading a remote summary takes an opener (the Beam layer passes Beam's FileSystems).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import IO, Any
+
+from decoder import is_local
+
+SUMMARY_NAME = "run_summary.json"
+
+
+def table_prefix(output_prefix: str, table: str) -> str:
+    """The shard prefix of a table: PREFIX/TABLE/TABLE (shards add -SSSSS-of-NNNNN.parquet)."""
+    return f"{output_prefix.rstrip('/')}/{table}/{table}"
+
+
+def table_glob(output_prefix: str, table: str) -> str:
+    return f"{table_prefix(output_prefix, table)}-*.parquet"
+
+
+def summary_path(output_prefix: str) -> str:
+    return f"{output_prefix.rstrip('/')}/{SUMMARY_NAME}"
+
+
+def read_summary(output_prefix: str, opener: Callable[[str], IO[bytes]] | None = None) -> dict[str, Any] | None:
+    """The run summary under a prefix, or None when the run has not completed.
+
+    Local paths are read directly; a remote prefix needs `opener` (it raises FileNotFoundError
+    for a missing object).
+    """
+    path = summary_path(output_prefix)
+    if is_local(path):
+        local = path[len("file://"):] if path.startswith("file://") else path
+        if not os.path.exists(local):
+            return None
+        with open(local, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    if opener is None:
+        raise ValueError(f"reading {path} needs an opener for its filesystem")
+    try:
+        with opener(path) as f:
+            return json.loads(f.read().decode("utf-8"))
+    except FileNotFoundError:
+        return None
