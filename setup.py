@@ -53,6 +53,7 @@ setup(
             "s3d-extract=pipeline.extract:main",
             "s3d-embed-text=pipeline.embed_text:main",
             "s3d-search=pipeline.search:main",
+            "s3d-check-run=pipeline.check_run:main",
         ],
     },
 )

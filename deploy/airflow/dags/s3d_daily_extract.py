@@ -1,5 +1,9 @@
 """Airflow DAG: every day, extract S3D features for the day just ended, then check the failure rate.
 
+Both steps run in the project's environment: `python -m pipeline.extract`, then
+`python -m pipeline.check_run`, which reads the run summary through the project's own
+output layout (so the DAG derives no paths itself, and reads gs:// like the job writes it).
+
 The extraction runs in the project's own Python environment (Airflow's and TensorFlow's
 dependencies do not mix), on the DirectRunner or on Dataflow (the `runner` parameter).
 Output goes to a date-partitioned prefix: OUTPUT_ROOT/dt=YYYY-MM-DD/.
@@ -24,11 +28,13 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import shlex
 
 import pendulum
 from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
 from airflow.providers.google.cloud.operators.dataflow import DataflowConfiguration
-from airflow.sdk import DAG, CronTriggerTimetable, Param, task
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import DAG, CronTriggerTimetable, Param
 
 
 def _required_setting(name: str, example: str) -> str:
@@ -106,27 +112,6 @@ class ExtractOperator(BeamRunPythonPipelineOperator):
         return super().execute(context)
 
 
-def read_summary(output_prefix: str) -> dict:
-    """The run summary the job writes last, from local disk or Cloud Storage.
-
-    The path follows the project's output layout: PREFIX/run_summary.json.
-    """
-    path = f"{output_prefix.rstrip('/')}/run_summary.json"
-    if path.startswith("gs://"):
-        from airflow.providers.google.cloud.hooks.gcs import GCSHook
-
-        bucket, _, name = path[len("gs://"):].partition("/")
-        return json.loads(GCSHook().download(bucket_name=bucket, object_name=name))
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def failure_rate(summary: dict) -> float:
-    counts = summary["counts"]
-    total = counts["videos_ok"] + counts["videos_failed"]
-    return counts["videos_failed"] / total if total else 0.0
-
-
 with DAG(
     dag_id="s3d_daily_extract",
     description="Daily S3D MIL-NCE feature extraction with a failure-rate check",
@@ -155,17 +140,14 @@ with DAG(
         deferrable=S3D_DEFERRABLE,
     )
 
-    @task
-    def check_failure_rate(output_prefix: str, max_failure_rate: float) -> float:
-        """Fails the run when too many videos failed; the failures table says which and why."""
-        summary = read_summary(output_prefix)
-        rate = failure_rate(summary)
-        print(f"{summary['counts']} -> failure rate {rate:.3f} (max {max_failure_rate})")
-        if rate > float(max_failure_rate):
-            raise ValueError(
-                f"{rate:.1%} of the videos failed (more than {float(max_failure_rate):.1%}): see "
-                f"{output_prefix}/failures/ for the reasons"
-            )
-        return rate
+    # The check runs in the project's environment and reads the run through the project's own
+    # output layout (pipeline.check_run), on any filesystem the job can write to.
+    check = BashOperator(
+        task_id="check_failure_rate",
+        bash_command=f"{shlex.quote(S3D_PYTHON)} -m pipeline.check_run "
+        '--output_prefix "$OUTPUT_PREFIX" --max_failure_rate "$MAX_FAILURE_RATE"',
+        env={"OUTPUT_PREFIX": OUTPUT_PREFIX, "MAX_FAILURE_RATE": "{{ params.max_failure_rate }}"},
+        append_env=True,
+    )
 
-    extract >> check_failure_rate(OUTPUT_PREFIX, "{{ params.max_failure_rate }}")
+    extract >> check
