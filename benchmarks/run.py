@@ -82,7 +82,7 @@ def model_section(model: str, log: Callable[[str], None]) -> str:
     lines = [
         "## Model only (S3D video tower, T=32, 224x224, float32, CPU)",
         "",
-        "| batch | clips/s | GFLOP/s (74.2 GFLOP/clip) | peak RSS (MB) | vs PyTorch port (0.88 clips/s at batch 1) |",
+        "| batch | clips/s | GFLOP/s (72.7 GFLOP/clip) | peak RSS (MB) | vs PyTorch port (0.88 clips/s at batch 1) |",
         "| --- | --- | --- | --- | --- |",
     ]
     for r in rows:

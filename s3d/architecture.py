@@ -1,6 +1,6 @@
 """The S3D-G / MIL-NCE architecture as data: layer list and parameter layout.
 
-Parameter names are the PyTorch port's state_dict keys (see SPEC.md section 4), so
+Parameter names are the PyTorch port's state_dict keys (docs/model.md, "Checkpoint layout"), so
 the TensorFlow network, the stand-in initialiser and the checkpoint converter all
 speak one naming. Shapes here are TensorFlow's (channels-last kernels, [in, out]
 linear weights); `torch_shape` gives the matching PyTorch shape.
@@ -54,7 +54,7 @@ class Gating(NamedTuple):
     channels: int
 
 
-# The video tower after space-to-depth, in execution order (SPEC.md section 3).
+# The video tower after space-to-depth, in execution order (docs/model.md, "Architecture").
 VIDEO_LAYERS: tuple = (
     STConv("conv1", 24, 64, (2, 4, 4), False),
     MaxPool("maxpool_2a", (1, 3, 3), (1, 2, 2)),

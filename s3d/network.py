@@ -1,6 +1,6 @@
 """S3D-G with the MIL-NCE heads, in TensorFlow 2 (channels-last), and its hub-style signatures.
 
-The network follows the PyTorch port layer for layer (SPEC.md section 3) so that
+The network follows the PyTorch port layer for layer (docs/model.md, "Architecture") so that
 the authors' checkpoint maps onto it one tensor at a time. Parameters live in a
 dict keyed by state_dict name, stored in TensorFlow layout.
 """

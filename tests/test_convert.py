@@ -1,7 +1,8 @@
 """The checkpoint converter against an independent PyTorch implementation of the spec.
 
-A random PyTorch S3D (tests/torch_reference.py) is saved with the exact key layout of
-SPEC.md's checkpoint, converted, loaded through load_s3d, and compared on video and text.
+A random PyTorch S3D (tests/torch_reference.py) is saved with the exact key layout of the
+checkpoint (docs/model.md, "Checkpoint layout"), converted, loaded through load_s3d, and
+compared on video and text.
 """
 
 from __future__ import annotations

@@ -258,3 +258,16 @@ def test_readme_documents_every_option():
     readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
     missing = [f for f in flags if f"`{f}`" not in readme and f"`{f} " not in readme and f"{f}`" not in readme]
     assert len(flags) > 20 and missing == []
+
+
+def test_readme_lists_exactly_the_columns_of_each_table():
+    import re
+
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
+    schemas = {"clips": CLIPS_SCHEMA, "videos": VIDEOS_SCHEMA, "failures": FAILURES_SCHEMA}
+    for table, schema in schemas.items():
+        row = re.search(rf"^\| `{table}` \| (.*) \|$", readme, re.M)
+        assert row, f"README has no row for the {table} table"
+        # Column names are the backticked words outside parentheses (those hold values and notes).
+        documented = re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", row.group(1)))
+        assert documented == schema.names, table

@@ -1,4 +1,4 @@
-"""An independent PyTorch statement of SPEC.md section 3 (the architecture the checkpoint was saved from).
+"""An independent PyTorch statement of docs/model.md, "Architecture" (the architecture the checkpoint was saved from).
 
 Written from the spec, channels-first, with PyTorch's own layers; it shares no code
 with the TensorFlow network. Used to check the converter numerically.
