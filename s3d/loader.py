@@ -162,6 +162,26 @@ class S3DModel:
             return self._text(words=words)["text_embedding"].numpy()
 
 
+def _check_path(handle: str) -> None:
+    """A local or gs:// handle must exist and be readable; ModelLoadError says what to do."""
+    import tensorflow as tf
+
+    try:
+        exists = tf.io.gfile.exists(handle)
+    except tf.errors.OpError as e:  # gs:// without credentials or network, an unknown scheme, ...
+        raise ModelLoadError(
+            f"cannot read the model at {handle!r}: {type(e).__name__}: {e.message.strip()}. Check access to it "
+            "(for gs://: credentials and network), or copy the SavedModel to a local directory and point "
+            "--model there"
+        ) from e
+    if not exists:
+        raise ModelLoadError(
+            f"no model at {handle!r}: the path does not exist. Point --model at a SavedModel directory "
+            "(`python -m s3d.export --output DIR` writes the stand-in) or at the TF Hub module "
+            f"{DEFAULT_HANDLE}"
+        )
+
+
 def load_s3d(handle: str = DEFAULT_HANDLE) -> S3DModel:
     """Loads the model from a TF Hub URL, a local SavedModel directory or a `gs://` path.
 
@@ -178,20 +198,7 @@ def load_s3d(handle: str = DEFAULT_HANDLE) -> S3DModel:
         raise ModelLoadError("no model handle given: pass a TF Hub URL or a SavedModel directory")
     configure_gpus()
     if not _is_remote(handle):
-        try:
-            exists = tf.io.gfile.exists(handle)
-        except tf.errors.OpError as e:  # gs:// without credentials or network, an unknown scheme, ...
-            raise ModelLoadError(
-                f"cannot read the model at {handle!r}: {type(e).__name__}: {e.message.strip()}. Check access to it "
-                "(for gs://: credentials and network), or copy the SavedModel to a local directory and point "
-                "--model there"
-            ) from e
-    if not _is_remote(handle) and not exists:
-        raise ModelLoadError(
-            f"no model at {handle!r}: the path does not exist. Point --model at a SavedModel directory "
-            "(`python -m s3d.export --output DIR` writes the stand-in) or at the TF Hub module "
-            f"{DEFAULT_HANDLE}"
-        )
+        _check_path(handle)
     device = claim_gpu(visible_gpus())
     try:
         path = hub.resolve(handle)

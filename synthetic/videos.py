@@ -75,21 +75,11 @@ def write_video(
         options: encoder options, replacing the near-lossless defaults.
     """
     rate = Fraction(fps).limit_denominator(100000)
+    # Explicit times or a late start need a fine time base; otherwise one tick per frame.
+    tb = Fraction(1, 90000) if (times is not None or start_sec) else None
     with av.open(path, mode="w") as container:
         audio_stream = container.add_stream("aac", rate=16000) if audio == "first" else None
-        stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-        if gop is not None:
-            stream.codec_context.gop_size = gop
-        if codec in ("libx264", "libvpx-vp9"):
-            stream.options = {"crf": "18"} if codec == "libx264" else {"crf": "20", "b": "0"}
-        elif codec in ("mpeg4", "mjpeg") and options is None:
-            stream.options = {"qscale": "2"}  # near-lossless, so the gray-level codes survive
-            stream.codec_context.qmin = 1
-            stream.codec_context.qmax = 3
-        if options is not None:
-            stream.options = options
-        tb = Fraction(1, 90000) if (times is not None or start_sec) else None
+        stream = _video_stream(container, codec, rate, width, height, pix_fmt, gop, options)
         if tb is not None:
             stream.codec_context.time_base = tb
         if rotation is not None:
@@ -98,20 +88,39 @@ def write_video(
             audio_stream = container.add_stream("aac", rate=16000)
         for i in range(num_frames):
             frame = av.VideoFrame.from_ndarray(frame_fn(i, width, height), format="rgb24")
-            if tb is not None:
-                t = times[i] if times is not None else start_sec + i / rate
-                frame.pts = int(round((t if times is None else t + start_sec) / tb))
-                frame.time_base = tb
-            else:
-                frame.pts = i
-                frame.time_base = 1 / rate
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            frame.pts, frame.time_base = _timestamp(i, rate, tb, times, start_sec)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
         if audio_stream is not None:
             _write_silence(container, audio_stream, seconds=num_frames / float(rate))
     return path
+
+
+def _video_stream(container, codec: str, rate: Fraction, width: int, height: int, pix_fmt: str,
+                  gop: int | None, options: dict[str, str] | None):
+    """A video stream with near-lossless settings, so that the frames' gray-level codes survive."""
+    stream = container.add_stream(codec, rate=rate)
+    stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+    if gop is not None:
+        stream.codec_context.gop_size = gop
+    if codec in ("libx264", "libvpx-vp9"):
+        stream.options = {"crf": "18"} if codec == "libx264" else {"crf": "20", "b": "0"}
+    elif codec in ("mpeg4", "mjpeg") and options is None:
+        stream.options = {"qscale": "2"}
+        stream.codec_context.qmin = 1
+        stream.codec_context.qmax = 3
+    if options is not None:
+        stream.options = options
+    return stream
+
+
+def _timestamp(i: int, rate: Fraction, tb: Fraction | None, times: Sequence[float] | None,
+               start_sec: float) -> tuple[int, Fraction]:
+    """(pts, time base) of frame i: its explicit time or its place at `rate`, shifted by `start_sec`."""
+    if tb is None:
+        return i, 1 / rate
+    t = times[i] + start_sec if times is not None else start_sec + i / rate
+    return int(round(t / tb)), tb
 
 
 def _write_silence(container, stream, seconds: float) -> None:
