@@ -263,3 +263,26 @@ def test_the_whole_job_gpu_route_shares_one_model_per_gpu_too():
     explicit = PipelineOptions(["--dataflow_service_options", "worker_accelerator=type:nvidia-tesla-t4;count:2",
                                 "--model_copies", "1"]).view_as(ModelOptions).handler("video")
     assert explicit.model_copies() == 1
+
+
+def test_wait_false_submits_and_returns_without_waiting(tmp_path, monkeypatch):
+    from pipeline import runner
+
+    class SubmittedJob:
+        has_job = True
+
+        def wait_until_finish(self):
+            raise AssertionError("--wait=false must not wait for the job")
+
+    class RemotePipeline:
+        def run(self):
+            return SubmittedJob()
+
+    monkeypatch.setattr(runner, "create_pipeline", lambda opts: RemotePipeline())
+    options = PipelineOptions(["--runner", "DataflowRunner", "--wait=false"])
+    summary, path = runner.launch(options, str(tmp_path / "out"), ("clips",), lambda p: None, {"job": "x"},
+                                  lambda counts: {})
+    assert summary["status"] == "submitted" and not os.path.exists(path)
+    # Local runs always wait: the same flag on the local runner runs the job to the end.
+    local = PipelineOptions(["--wait=false"])
+    assert runner.runs_locally(local)

@@ -47,7 +47,12 @@ def corpus(tmp_path_factory):
     zero = d / "zero.mp4"
     zero.write_bytes(b"")
     audio = write_audio_only(str(d / "audio.mp4"))
+    # A stream cut half way (a truncated upload): its first clips are kept, the video fails.
+    full = write_video(str(d / "full.mkv"), 100, fps=10, codec="mjpeg", pix_fmt="yuvj420p")
+    data = open(full, "rb").read()
+    (d / "cut.mkv").write_bytes(data[: len(data) // 2])
     rows = [
+        {"video_id": "cut", "uri": str(d / "cut.mkv")},
         {"video_id": "a", "uri": good["a"]},
         {"video_id": "b", "uri": good["b"]},
         {"video_id": "", "uri": good["c"]},  # id derived from the URI
@@ -79,7 +84,7 @@ def test_every_input_is_in_exactly_one_of_videos_or_failures(run, corpus):
     by_id = {}
     for f in failures:
         by_id.setdefault(f["video_id"], []).append(f)
-    assert set(by_id) == {"text", "zero", "audio", "missing", "backwards", "b"}
+    assert set(by_id) == {"text", "zero", "audio", "missing", "backwards", "b", "cut"}
     assert not set(videos) & (set(by_id) - {"b"})  # "b" is both: the good video, and the conflicting repeat
     stages = {k: (v[0]["stage"], v[0]["error_type"]) for k, v in by_id.items()}
     assert stages["text"] == ("open", "OpenError")
@@ -89,6 +94,10 @@ def test_every_input_is_in_exactly_one_of_videos_or_failures(run, corpus):
     assert stages["backwards"] == ("input", "ValueError") and "end_sec" in by_id["backwards"][0]["message"]
     assert stages["b"] == ("input", "DuplicateVideoId")
     assert by_id["b"][0]["uri"] == corpus["good"]["c"]
+    # The broken stream: a failure that kept its clips, and they are in the clips table.
+    assert stages["cut"] == ("decode", "CorruptStreamError") and "truncated" in by_id["cut"][0]["message"]
+    kept = read_table(run, "clips").column("video_id").to_pylist().count("cut")
+    assert by_id["cut"][0]["clips_kept"] == kept > 0
 
 
 def test_clip_rows_match_the_decoder_and_the_model(run, corpus, standin_model):
@@ -151,7 +160,7 @@ def test_tables_read_back_with_pyarrow_and_duckdb(run, standin_dir):
 def test_run_summary_is_written_last_with_counts(run):
     summary = read_summary(run)
     assert summary["status"] == "complete"
-    assert summary["counts"]["videos_ok"] == 4 and summary["counts"]["videos_failed"] == 6
+    assert summary["counts"]["videos_ok"] == 4 and summary["counts"]["videos_failed"] == 7
     assert summary["counts"]["input_duplicates"] == 1
     assert summary["counts"]["clips"] == read_table(run, "clips").num_rows
     reasons = {(r["stage"], r["error_type"]): r["count"] for r in summary["failure_reasons"]}

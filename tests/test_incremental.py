@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import subprocess
@@ -15,14 +16,17 @@ from apache_beam.io.localfilesystem import LocalFileSystem
 
 from pipeline import extract
 from synthetic.videos import write_video
+from transforms.layout import table_glob
 from transforms.tables import read_summary
 
 FAST = ["--size", "64", "--frames_per_clip", "8", "--fps", "5"]
 
 
 def rows(prefix: str, table: str) -> list[dict]:
-    path = os.path.join(prefix, table)
-    return ds.dataset(path, format="parquet").to_table().to_pylist() if os.path.isdir(path) else []
+    """The rows of a table the run wrote; a table with no files fails the test (an empty table has one)."""
+    files = glob.glob(table_glob(prefix, table))
+    assert files, f"no {table} files under {prefix}"
+    return ds.dataset(files, format="parquet").to_table().to_pylist()
 
 
 def manifest(path, uris: list[str]) -> str:
@@ -51,15 +55,27 @@ def test_skip_done_decodes_only_new_videos(videos, standin_dir, tmp_path):
     assert {r["uri"] for r in rows(second, "clips")} == {videos[2]}
 
 
-def test_skip_done_ignores_runs_with_other_preprocessing(videos, standin_dir, tmp_path):
-    first, second = str(tmp_path / "a"), str(tmp_path / "b")
-    m = manifest(tmp_path / "m.txt", videos[:1])
-    assert extract.main(["--input", m, "--output_prefix", first, "--model", standin_dir, *FAST]) == 0
-    other = ["--size", "32", "--frames_per_clip", "8", "--fps", "5"]
-    assert extract.main(["--input", m, "--output_prefix", second, "--model", standin_dir, *other,
-                         "--skip_done", first]) == 0
-    assert read_summary(second)["counters"]["videos_decoded"] == 1
-    assert read_summary(second)["counts"]["videos_skipped_done"] == 0
+def test_skip_done_uses_only_runs_with_this_model_and_preprocessing(tmp_path, caplog):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from decoder import DecodeOptions
+    from transforms.incremental import matching_table_files
+    from transforms.layout import table_prefix
+    from transforms.tables import VIDEOS_SCHEMA, with_run_metadata
+
+    this = DecodeOptions(size=64, frames_per_clip=8, fps=5).preprocessing()
+    runs = {"same": ("m", this), "other_size": ("m", DecodeOptions(size=32, frames_per_clip=8, fps=5).preprocessing()),
+            "other_model": ("n", this)}
+    for name, (model, preprocessing) in runs.items():
+        path = f"{table_prefix(str(tmp_path / name), 'videos')}-00000-of-00001.parquet"
+        os.makedirs(os.path.dirname(path))
+        schema = with_run_metadata(VIDEOS_SCHEMA, {"model": model, "preprocessing": preprocessing})
+        pq.write_table(pa.Table.from_pylist([], schema=schema), path)
+    prefixes = [str(tmp_path / name) for name in runs]
+    files = matching_table_files(prefixes, "videos", "m", this)
+    assert files == [f"{table_prefix(prefixes[0], 'videos')}-00000-of-00001.parquet"]
+    assert sum("its videos are not skipped" in r.getMessage() for r in caplog.records) == 2
 
 
 def test_a_failure_retried_after_the_file_is_fixed_ends_up_in_videos(videos, standin_dir, tmp_path):
@@ -77,18 +93,6 @@ def test_a_failure_retried_after_the_file_is_fixed_ends_up_in_videos(videos, sta
     assert [r["video_id"] for r in rows(retry, "videos")] == [failed[0]["video_id"]]  # the same id as before
     assert rows(retry, "failures") == []
     assert read_summary(retry)["counts"]["failures_retried"] == 1
-
-
-def test_retry_filters_by_stage(videos, standin_dir, tmp_path):
-    broken = tmp_path / "b.mp4"
-    broken.write_bytes(b"\x00" * 100)
-    first, retry = str(tmp_path / "run"), str(tmp_path / "retry")
-    assert extract.main(["--input", manifest(tmp_path / "m.txt", [str(broken)]), "--output_prefix", first,
-                         "--model", standin_dir, *FAST]) == 0
-    assert extract.main(["--retry_failures", first, "--output_prefix", retry, "--model", standin_dir, *FAST,
-                         "--retry_stages", "inference"]) == 0
-    assert rows(retry, "videos") == [] and rows(retry, "failures") == []
-    assert read_summary(retry)["counts"]["failures_retried"] == 0
 
 
 class FlakyFileSystem(LocalFileSystem):

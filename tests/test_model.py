@@ -124,13 +124,12 @@ def test_uint8_and_float_inputs_agree(standin_model):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_outputs_are_deterministic_for_a_seed(tmp_path, standin_model):
+def test_outputs_are_deterministic_for_a_seed(tmp_path, standin_model, other_standin_dir):
     export_standin(str(tmp_path / "again"), seed=0)
-    export_standin(str(tmp_path / "other"), seed=1)
     clip = _clip(1, 16, 96)
     sentences = ["cut the tomato", "a dog on the beach"]
     same = load_s3d(str(tmp_path / "again"))
-    other = load_s3d(str(tmp_path / "other"))
+    other = load_s3d(other_standin_dir)  # seed 1
     np.testing.assert_array_equal(same.embed_video(clip)[1], standin_model.embed_video(clip)[1])
     np.testing.assert_array_equal(same.embed_text(sentences), standin_model.embed_text(sentences))
     assert not np.allclose(other.embed_video(clip)[1], standin_model.embed_video(clip)[1])
@@ -323,3 +322,14 @@ def test_a_savedmodel_without_the_signatures_is_refused(tmp_path):
     tf.saved_model.save(module, str(tmp_path / "other"), signatures={"serving_default": module.f})
     with pytest.raises(ModelLoadError, match="serving_default"):
         load_s3d(str(tmp_path / "other"))
+
+
+def test_loading_the_stand_in_warns_that_its_embeddings_mean_nothing(standin_dir, caplog):
+    import logging
+
+    from s3d.loader import load_s3d
+
+    with caplog.at_level(logging.WARNING, logger="s3d.loader"):
+        model = load_s3d(standin_dir)
+    assert model.trained is False
+    assert any("untrained stand-in" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)

@@ -14,9 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import embed_text, extract, search
-from pipeline.runner import write_summary
 from synthetic.videos import write_video
-from transforms.tables import CLIPS_SCHEMA, METADATA_KEY, with_run_metadata
+from transforms.tables import CLIPS_SCHEMA, METADATA_KEY, with_run_metadata, write_summary
 
 FAST = ["--size", "64", "--frames_per_clip", "8", "--fps", "5"]
 
@@ -118,21 +117,15 @@ def test_clip_level_csv_output_and_printout(extracted, tmp_path, capsys):
     assert "'a dog'" in printed and "'the knife'" in printed
 
 
-def test_a_query_from_another_model_is_refused(extracted, tmp_path, capsys):
-    from s3d.export import export_standin
-
-    other = str(tmp_path / "other_model")
-    export_standin(other, seed=1)
+def test_a_query_from_another_model_is_refused(extracted, other_standin_dir, capsys):
+    other = other_standin_dir
     assert search.main(["--features", extracted, "--query", "cut the tomato", "--model", other]) == 2
     err = capsys.readouterr().err
     assert "were made with model" in err and other in err
 
 
-def test_a_texts_table_from_another_model_is_refused(extracted, tmp_path, capsys):
-    from s3d.export import export_standin
-
-    other = str(tmp_path / "other_model")
-    export_standin(other, seed=2)
+def test_a_texts_table_from_another_model_is_refused(extracted, other_standin_dir, tmp_path, capsys):
+    other = other_standin_dir
     sentences = tmp_path / "s.txt"
     sentences.write_text("cut the tomato\n")
     texts = str(tmp_path / "texts")
@@ -205,3 +198,34 @@ def test_html_page_renders_its_thumbnails_in_a_headless_browser(extracted, tmp_p
         ).stdout
     assert 'data-images="12"' in dom
     assert 'data-rendered="12"' in dom  # every thumbnail decoded by the browser, none broken
+
+
+def test_force_searches_an_incomplete_run(standin_dir, standin_model, tmp_path):
+    import csv
+
+    embeddings = np.random.default_rng(3).normal(size=(60, 512)).astype(np.float32)
+    prefix = str(tmp_path / "partial")
+    rows = write_features(prefix, embeddings, standin_dir, files=2, row_group_size=16)
+    os.remove(os.path.join(prefix, "run_summary.json"))  # the run never completed
+    out = tmp_path / "ranking.csv"
+    assert search.main(["--features", prefix, "--query", "cut the tomato", "--top_k", "5", "--force",
+                        "--output", str(out)]) == 0
+    expected = brute_force(embeddings, standin_model.embed_text(["cut the tomato"]), 5)[0]
+    with open(out, newline="") as f:
+        got = [(r["video_id"], int(r["clip_index"])) for r in csv.DictReader(f)]
+    assert got == [(rows[i]["video_id"], rows[i]["clip_index"]) for i in expected]
+
+
+def test_a_prefix_that_mixes_preprocessing_or_models_is_refused(tmp_path):
+    embeddings = np.zeros((14, 512), np.float32)
+    prefix = str(tmp_path / "mixed")
+    write_features(prefix, embeddings, "m", files=1, row_group_size=100)
+    for name, meta in (("other_fps", {"model": "m", "preprocessing": {"fps": 5}}),
+                       ("other_model", {"model": "n", "preprocessing": {"fps": 10}})):
+        table = pq.read_table(os.path.join(prefix, "clips", "clips-00000-of-00001.parquet"))
+        odd = os.path.join(prefix, "clips", f"clips-{name}.parquet")
+        pq.write_table(table.cast(with_run_metadata(CLIPS_SCHEMA, meta)), odd)
+        with pytest.raises(search.SearchError, match="search one run .* at a time"):
+            search.features_metadata(search.table_files(prefix, "clip"))
+        os.remove(odd)
+    assert search.features_metadata(search.table_files(prefix, "clip"))["model"] == "m"

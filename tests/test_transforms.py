@@ -18,7 +18,7 @@ from transforms.assemble import AssembleVideos
 from transforms.decode import FAILURES, INFO, DecodeClipsFn
 from transforms.inference import Embed, S3DModelHandler
 from transforms.inputs import ReadVideoRequests, input_kind
-from transforms.records import ClipItem, VideoRequest, derive_video_id
+from transforms.records import ClipItem, VideoRequest, derive_video_id, stable_id
 
 LOCAL = ["--runner", "DirectRunner"]
 
@@ -182,13 +182,17 @@ def test_shared_model_proxy_calls_public_methods(standin_dir):
 # ---- prefetch ------------------------------------------------------------------------------------
 
 
-def test_prefetch_keeps_order_and_bounds_the_lead():
+def test_prefetch_runs_ahead_in_another_thread_and_bounds_the_lead():
+    import threading
+    import time
+
     from decoder import prefetch
 
-    produced = []
+    produced, threads = [], set()
 
     def items():
         for i in range(20):
+            threads.add(threading.get_ident())
             produced.append(i)
             yield i
 
@@ -196,11 +200,28 @@ def test_prefetch_keeps_order_and_bounds_the_lead():
     for item in prefetch(items(), depth=2):
         seen.append(item)
         if item == 5:
-            import time
-
             time.sleep(0.2)  # give the producer time to run ahead as far as it may
-            assert len(produced) <= 5 + 1 + 2 + 1  # consumed, the queue (2) and one blocked in put
+            # Ahead of the consumer (inline it would be exactly 6), but by at most the queue (2)
+            # and one item blocked in put.
+            assert 5 + 1 + 2 <= len(produced) <= 5 + 1 + 2 + 1
     assert seen == list(range(20))
+    assert threads and threading.get_ident() not in threads
+
+
+def test_prefetch_zero_decodes_inline():
+    import threading
+
+    from decoder import prefetch
+
+    threads = []
+
+    def items():
+        for i in range(3):
+            threads.append(threading.get_ident())
+            yield i
+
+    assert list(prefetch(items(), depth=0)) == [0, 1, 2]
+    assert set(threads) == {threading.get_ident()}
 
 
 def test_prefetch_reraises_the_producers_error_after_its_items():
@@ -227,3 +248,104 @@ def test_prefetch_releases_the_producer_when_the_consumer_stops():
     assert next(stream) == 0
     stream.close()  # as when a downstream step raises
     assert not any(t.name == "prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+# ---- retries, assembly checks, prefetch in the DoFn, the text steps -------------------------------
+
+
+def test_retry_failures_selects_by_stage_and_error_type():
+    from transforms.incremental import _FailureToRowFn
+
+    failures = [
+        {"video_id": "a", "uri": "/a.mp4", "stage": "open", "error_type": "OpenError",
+         "segment_start_sec": None, "segment_end_sec": None},
+        {"video_id": "b", "uri": "/b.mp4", "stage": "decode", "error_type": "CorruptStreamError",
+         "segment_start_sec": 1.0, "segment_end_sec": 2.0},
+        {"video_id": "c", "uri": "/c.mp4", "stage": "inference", "error_type": "RuntimeError",
+         "segment_start_sec": None, "segment_end_sec": None},
+    ]
+
+    def selected(stages=(), errors=()):
+        fn = _FailureToRowFn(stages, errors)
+        return [row["video_id"] for f in failures for row in fn.process(f)]
+
+    assert selected() == ["a", "b", "c"]
+    assert selected(errors=["CorruptStreamError", "RuntimeError"]) == ["b", "c"]  # --retry_errors
+    assert selected(stages=["open", "decode"], errors=["CorruptStreamError"]) == ["b"]
+    row = next(_FailureToRowFn((), ("CorruptStreamError",)).process(failures[1]))
+    assert (row["uri"], row["start_sec"], row["end_sec"]) == ("/b.mp4", 1.0, 2.0)  # the segment asked again
+
+
+def test_fewer_clips_embedded_than_decoded_is_a_clip_count_mismatch():
+    from transforms.assemble import _AssembleFn
+
+    info = {"video_id": "v", "uri": "/v.mp4", "num_clips": 3, "segment_start_sec": None, "segment_end_sec": None}
+    mean = (np.zeros(1024, np.float32), np.zeros(512, np.float32), 2)
+    out = _AssembleFn._assemble("v", info, mean, failed=[])
+    assert out.tag == FAILURES
+    row = out.value
+    assert (row["stage"], row["error_type"], row["clips_kept"]) == ("assemble", "ClipCountMismatch", 2)
+    assert "decoded 3 clips but 2 were embedded" in row["message"]
+    whole = _AssembleFn._assemble("v", info, (mean[0], mean[1], 3), failed=[])
+    assert whole["video_id"] == "v" and whole["video_embedding"].shape == (512,)
+
+
+def test_decode_fn_gives_the_same_clips_with_and_without_prefetch(tmp_path):
+    path = write_video(str(tmp_path / "v.mp4"), 50, fps=10, width=64, height=48)
+
+    def decoded(prefetch: int):
+        fn = DecodeClipsFn(DecodeOptions(fps=10, frames_per_clip=8, size=32), prefetch=prefetch)
+        fn.setup()
+        return [o for o in fn.process(VideoRequest("v", path)) if isinstance(o, ClipItem)]
+
+    inline, ahead = decoded(0), decoded(2)
+    assert len(inline) == len(ahead) == 7
+    for a, b in zip(inline, ahead, strict=True):
+        assert a.metadata() == b.metadata() and np.array_equal(a.frames, b.frames)
+
+
+def test_text_rows_become_items_or_failure_rows():
+    from transforms.text import ToTextItemFn
+
+    fn = ToTextItemFn()
+    item = next(fn.process({"text_id": " q1 ", "text": "cut the tomato"}))
+    assert (item.text_id, item.text) == ("q1", "cut the tomato")
+    derived = next(fn.process({"text": "cut the tomato"}))
+    assert derived.text_id == stable_id("cut the tomato")  # the one id hash, shared with video ids
+    failure = next(fn.process({"text_id": "bad", "text": None}))
+    assert failure.tag == FAILURES and failure.value["stage"] == "input" and failure.value["text_id"] == "bad"
+
+
+@pytest.mark.parametrize("kind", ["txt", "csv", "parquet"])
+def test_text_steps_read_each_input_kind_and_record_inference_failures(tmp_path, kind):
+    from transforms.inputs import ReadManifestRows
+    from transforms.text import EmbedTexts
+
+    sentences = ["cut the tomato", "poison pill", "a dog runs"]
+    path = tmp_path / f"s.{kind}"
+    if kind == "txt":
+        path.write_text("\n".join(sentences) + "\n")
+    elif kind == "csv":
+        path.write_text("text\n" + "\n".join(sentences) + "\n")
+    else:
+        pq.write_table(pa.table({"text": sentences}), str(path))
+
+    class FakeTextModel:
+        def embed_text(self, batch):
+            if any("poison" in s for s in batch):
+                raise RuntimeError("text tower failed (simulated)")
+            return np.ones((len(batch), 512), np.float32) * np.arange(len(batch))[:, None]
+
+        def known_words(self, batch):
+            return [len(s.split()) for s in batch]
+
+    class Handler(S3DModelHandler):
+        def load_model(self):
+            return FakeTextModel()
+
+    with local_pipeline() as p:
+        out = p | ReadManifestRows(str(path), "text") | EmbedTexts(Handler("unused", "text", max_batch_size=1))
+        assert_that(out["rows"] | beam.Map(lambda r: r["text"]), equal_to(["cut the tomato", "a dog runs"]),
+                    label="Embedded")
+        assert_that(out["failures"] | beam.Map(lambda f: (f["stage"], f["error_type"])),
+                    equal_to([("inference", "RuntimeError")]), label="Failures")
