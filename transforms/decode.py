@@ -116,7 +116,7 @@ class DecodeClips(beam.PTransform):
 
     def __init__(self, options: DecodeOptions, prefetch: int = 2, io_retries: int = 3, backoff_sec: float = 1.0):
         super().__init__()
-        options.validate()
+        # `options` validated itself when it was built (once, by the job's entry point).
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         if io_retries < 0:
