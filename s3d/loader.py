@@ -191,7 +191,9 @@ def load_s3d(handle: str = DEFAULT_HANDLE) -> S3DModel:
     Raises:
         ModelLoadError: nothing loadable at `handle`, or it lacks the `video`/`text` signatures.
     """
-    import tensorflow as tf
+    from s3d.quiet import import_tensorflow
+
+    tf = import_tensorflow()  # without TensorFlow's start-up chatter
     import tensorflow_hub as hub
 
     if not handle:

@@ -8,7 +8,6 @@ dict keyed by state_dict name, stored in TensorFlow layout.
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
 from s3d.architecture import (
     BN_EPSILON,
@@ -23,7 +22,10 @@ from s3d.architecture import (
     inception_gatings,
     parameter_layout,
 )
+from s3d.quiet import import_tensorflow
 from s3d.vocab import word_to_token
+
+tf = import_tensorflow()  # without TensorFlow's start-up chatter
 
 # Python's `\w` on str is a letter, a number or '_'; RE2's `\w` is ASCII-only, so spell it out.
 _NOT_WORD_RE = r"[^\p{L}\p{N}_']+"
