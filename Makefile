@@ -1,7 +1,13 @@
 # Everything runs in a local virtual environment (.venv), created when missing and
 # re-installed only when setup.py changes.
-PYTHON ?= python3.11
-VENV := .venv
+#
+# Python 3.11 to 3.13: PYTHON=... when given, else the newest python3.X that actually starts
+# (a pyenv shim for a version that is not active exists but fails: it does not count).
+SUPPORTED_PYTHONS := 3.13 3.12 3.11
+PYTHON ?= $(firstword $(foreach v,$(SUPPORTED_PYTHONS),$(shell python$(v) -c 'import sys' >/dev/null 2>&1 && echo python$(v))))
+VENV ?= .venv
+# dev (tests, lint), gcp (Dataflow), convert (PyTorch, only to read the authors' checkpoint).
+EXTRAS ?= dev,convert,gcp
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CACHE := .cache
@@ -26,9 +32,10 @@ help:
 venv: $(STAMP)
 
 $(STAMP): setup.py
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo "no Python 3.11 to 3.13 starts here: install one, or run make PYTHON=/path/to/python3.X"; exit 2; }
+	@test -x $(PY) || { echo "creating $(VENV) with $$($(PYTHON) --version)"; $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,convert,gcp]'
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
 	@touch $(STAMP)
 
 $(STANDIN)/saved_model.pb: $(STAMP)
@@ -51,6 +58,7 @@ browser:
 test: $(STAMP) browser
 	$(PY) -m pytest -q tests
 
+# Airflow 3.3 supports Python 3.10 to 3.13, which covers every Python the project supports.
 $(AIRFLOW_STAMP): deploy/airflow/requirements.txt
 	@test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
 	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip

@@ -6,7 +6,7 @@
 
 from setuptools import find_packages, setup
 
-# Versions that install together on Python 3.11 (checked on a clean venv).
+# Versions that install together on Python 3.11, 3.12 and 3.13 (checked on clean venvs).
 INSTALL_REQUIRES = [
     "apache-beam==2.77.0",
     # tf-keras (needed by tensorflow-hub) depends on `tensorflow`; pinning that one package avoids a
@@ -40,7 +40,12 @@ setup(
     description="Batch S3D MIL-NCE text-video feature extraction on Apache Beam",
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
-    python_requires=">=3.11,<3.12",
+    python_requires=">=3.11,<3.14",
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+    ],
     packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "decoder", "decoder.*", "s3d", "s3d.*",
                                     "synthetic", "synthetic.*"]),
     package_data={"s3d": ["standin_vocab.txt", "state_dict_layout.json"]},

@@ -11,8 +11,9 @@ Output goes to a date-partitioned prefix: OUTPUT_ROOT/dt=YYYY-MM-DD/.
 The day a run processes: the `day` parameter when given (reprocessing, backfills),
 otherwise the day before the run's logical date, or before its run time when a manual
 trigger has no logical date. The schedule is a CronTriggerTimetable, so a run at
-2026-11-25T00:00 has that logical date (Airflow 3's default for cron schedules; it no
-longer depends on `create_cron_data_intervals`) and processes 2026-11-24.
+2026-11-25T00:00 has that logical date and processes 2026-11-24, whatever the
+`create_cron_data_intervals` setting says (Airflow's "Timetables" page: a trigger
+timetable's run has no data interval; its logical date is when it runs).
 
 Configuration, from the environment of the Airflow workers and DAG processor (Cloud
 Composer: the environment's variables; the DAG file may be all a Composer bucket holds):
@@ -93,7 +94,8 @@ PIPELINE_OPTIONS = {
     "sdk_container_image": "{{ params.worker_image }}",
     "setup_file": "{{ '' if params.worker_image else " + json.dumps(S3D_SETUP_FILE) + " }}",
     # The launcher submits and returns; Airflow's Dataflow hook waits for the job (and cancels it
-    # when the task is killed). A string: the Beam hook drops options whose value is False.
+    # when the task is killed). A string: the Beam provider's beam_options_to_args drops options
+    # whose value is False.
     "wait": "false",
 }
 
