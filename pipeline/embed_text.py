@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nS3D text embeddings: {c['texts']} sentences embedded, {c['failed']} failed, "
               f"in {summary['wall_seconds']:.1f}s\n  texts     {summary['tables']['texts']}\n  summary   {path}")
 
-    summary, path = launch(options, opts.output_prefix, TABLES, lambda p: build_pipeline(p, opts, model),
+    summary, path = launch(options, opts.output_prefix, TABLES, lambda p, progress: build_pipeline(p, opts, model),
                            run_metadata(model), extra)
     announce(summary, path, options, print_local)
     return 0

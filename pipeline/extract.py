@@ -31,6 +31,7 @@ from transforms.incremental import ReadFailuresAsInput, SkipDone, matching_table
 from transforms.inference import Embed
 from transforms.inputs import ReadVideoRequests, check_input
 from transforms.layout import table_glob
+from transforms.progress import CountToDo, ProgressLog
 from transforms.tables import WriteTables
 
 TABLES = ("clips", "videos", "failures")
@@ -49,22 +50,28 @@ def run_metadata(decode: DecodeOptions, model: ModelOptions) -> dict[str, Any]:
 
 
 def build_pipeline(
-    p: beam.Pipeline, io: IOOptions, opts: ExtractOptions, model: ModelOptions, decode: DecodeOptions
+    p: beam.Pipeline, io: IOOptions, opts: ExtractOptions, model: ModelOptions, decode: DecodeOptions,
+    progress: ProgressLog | None = None,
 ) -> dict[str, beam.PCollection]:
-    """Adds the extraction graph to `p` (tests pass a TestPipeline); returns the rows of each table."""
+    """Adds the extraction graph to `p` (tests pass a TestPipeline); returns the rows of each table.
+
+    The steps report videos, clips and failures to `progress` (the launcher's live line).
+    """
+    progress = progress or ProgressLog()
     metadata = run_metadata(decode, model)
-    handler = model.handler("video")
+    handler = model.handler("video", progress)
     retry = None
     if opts.retry_failures:
         retry = ReadFailuresAsInput(opts.retry_failures, opts.split(opts.retry_stages), opts.split(opts.retry_errors))
     inputs = p | "ReadInput" >> ReadVideoRequests(None if retry else io.input, retry=retry)
     done_files = matching_table_files(opts.split(opts.skip_done), "videos", metadata["model"], metadata["preprocessing"])
+    todo = inputs["requests"] | "SkipDone" >> SkipDone(done_files)
+    _ = todo | "CountToDo" >> CountToDo(progress)
     decoded = (
-        inputs["requests"]
-        | "SkipDone" >> SkipDone(done_files)
+        todo
         | "Reshuffle" >> beam.Reshuffle()  # spread decoding over workers
         | "DecodeClips" >> DecodeClips(decode, opts.decode_prefetch, opts.io_retries,
-                                       opts.io_retry_backoff_sec)
+                                       opts.io_retry_backoff_sec, progress)
     )
     clips = decoded["clips"]
     embed = Embed(handler)
@@ -80,6 +87,7 @@ def build_pipeline(
         "clip_rows": embedded["rows"], "info": decoded["info"], "inference_failures": embedded["failures"],
     } | "AssembleVideos" >> AssembleVideos()
     failures = (inputs["failures"], decoded["failures"], assembled["failures"]) | "AllFailures" >> beam.Flatten()
+    _ = failures | "ReportFailures" >> beam.Map(lambda row: progress.add("failed"))
     tables = {"clips": embedded["rows"], "videos": assembled["videos"], "failures": failures}
     _ = tables | "WriteTables" >> WriteTables(
         io.output_prefix, metadata, {"videos_ok": "videos", "videos_failed": "failures", "clips": "clips"})
@@ -128,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             "failure_reasons": failure_reasons(io.output_prefix),
         }
 
-    summary, path = launch(options, io.output_prefix, TABLES, lambda p: build_pipeline(p, io, opts, model, decode),
-                           run_metadata(decode, model), extra)
+    summary, path = launch(options, io.output_prefix, TABLES,
+                           lambda p, progress: build_pipeline(p, io, opts, model, decode, progress),
+                           run_metadata(decode, model), extra, show_progress=True)
     announce(summary, path, options, print_summary)
     return 0
 

@@ -14,6 +14,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from decoder import CROP_MODES, TAIL_POLICIES, DecodeOptions
 from s3d.loader import DEFAULT_HANDLE
 from transforms.inference import S3DModelHandler
+from transforms.progress import ProgressLog
 
 _DEFAULTS = DecodeOptions()
 
@@ -75,7 +76,7 @@ class ModelOptions(PipelineOptions):
         accelerator = self.accelerator()
         return accelerator.count if accelerator else 0
 
-    def handler(self, task: str) -> S3DModelHandler:
+    def handler(self, task: str, progress: ProgressLog | None = None) -> S3DModelHandler:
         """The model handler these options describe, for `task` 'video' or 'text'.
 
         On GPU workers (either route: `--inference_accelerator` or the whole job's
@@ -88,7 +89,7 @@ class ModelOptions(PipelineOptions):
         copies = self.model_copies if self.model_copies is not None else (gpus or None)
         return S3DModelHandler(
             self.model, task, min_batch_size=self.min_batch_size, max_batch_size=self.batch_size,
-            large_model=self.large_model or gpus > 0, model_copies=copies,
+            large_model=self.large_model or gpus > 0, model_copies=copies, progress=progress,
         )
 
     def validate_model(self) -> None:

@@ -8,15 +8,17 @@ try to fetch the Prism runner, which fails offline before it falls back.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -26,7 +28,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from decoder import is_local
 from pipeline.options import IOOptions
+from pipeline.progress import ProgressDisplay
 from transforms.layout import summary_path, table_glob
+from transforms.progress import ProgressLog
 from transforms.tables import read_summary, utc_now, write_summary
 
 LOCAL_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner")
@@ -186,30 +190,47 @@ def announce(summary: dict[str, Any], path: str, options: PipelineOptions, print
         print_local(summary, path)
 
 
+@contextlib.contextmanager
+def _progress(show: bool) -> Iterator[ProgressLog]:
+    """A ProgressLog the steps write to, shown live while the block runs (or a silent one)."""
+    if not show:
+        yield ProgressLog()
+        return
+    directory = tempfile.mkdtemp(prefix="s3d-progress-")
+    try:
+        with ProgressDisplay(directory):
+            yield ProgressLog(directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def launch(
     options: PipelineOptions,
     output_prefix: str,
     tables: tuple[str, ...],
-    build: Callable[[beam.Pipeline], Any],
+    build: Callable[[beam.Pipeline, ProgressLog], Any],
     metadata: dict[str, Any],
     extra: Callable[[dict[str, int]], dict[str, Any]],
+    show_progress: bool = False,
 ) -> tuple[dict[str, Any], str]:
     """Clears the prefix, runs the graph `build` adds, and writes the run summary last.
 
-    `extra(counters)` adds the job's own entries (counts, failure reasons) to the summary.
-    Returns the summary and its path.
+    `build(p, progress)` adds the graph; its steps report to `progress`, which the launcher
+    shows live on local runs when `show_progress`. `extra(counters)` adds the job's own
+    entries (counts, failure reasons) to the summary. Returns the summary and its path.
     """
     watch, started = Stopwatch(), utc_now()
     if options.view_as(TestOptions).dry_run:
         # Builds the job (on Dataflow: the job request, not sent); touches no output.
         p = create_pipeline(options)
-        build(p)
+        build(p, ProgressLog())
         p.run()
         return {**metadata, "status": "dry_run"}, ""
     clear_previous_run(output_prefix, tables)
     p = create_pipeline(options)
-    build(p)
-    result = p.run()
+    with _progress(show_progress and runs_locally(options)) as progress:
+        build(p, progress)
+        result = p.run()  # the local runner returns when the job is done
     if not runs_locally(options) and (not options.view_as(IOOptions).wait or not getattr(result, "has_job", True)):
         # A Flex Template launch (or --template_location) stages the job and has no job to wait
         # for: the result's has_job is False and waiting or querying metrics would raise.

@@ -209,7 +209,7 @@ def test_a_template_launch_with_no_job_counts_as_submitted(tmp_path, monkeypatch
             return DataflowPipelineResult(None, None, options)  # what create_job returns in template mode
 
     monkeypatch.setattr(runner, "create_pipeline", lambda opts: TemplatePipeline())
-    summary, path = runner.launch(options, str(tmp_path / "out"), ("clips",), lambda p: None, {"job": "x"},
+    summary, path = runner.launch(options, str(tmp_path / "out"), ("clips",), lambda p, progress: None, {"job": "x"},
                                   lambda counts: {})
     assert summary["status"] == "submitted" and path.endswith("run_summary.json")
     assert not os.path.exists(path)  # the job writes it when it completes
@@ -280,7 +280,7 @@ def test_wait_false_submits_and_returns_without_waiting(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "create_pipeline", lambda opts: RemotePipeline())
     options = PipelineOptions(["--runner", "DataflowRunner", "--wait=false"])
-    summary, path = runner.launch(options, str(tmp_path / "out"), ("clips",), lambda p: None, {"job": "x"},
+    summary, path = runner.launch(options, str(tmp_path / "out"), ("clips",), lambda p, progress: None, {"job": "x"},
                                   lambda counts: {})
     assert summary["status"] == "submitted" and not os.path.exists(path)
     # Local runs always wait: the same flag on the local runner runs the job to the end.

@@ -40,7 +40,7 @@ def videos(tmp_path_factory):
     return [write_video(str(d / f"v{i}.mp4"), 20 + 5 * i, fps=10, width=64, height=48) for i in range(4)]
 
 
-def test_skip_done_decodes_only_new_videos(videos, standin_dir, tmp_path):
+def test_skip_done_decodes_only_new_videos(videos, standin_dir, tmp_path, capsys):
     first, second = str(tmp_path / "day1"), str(tmp_path / "day2")
     m1 = manifest(tmp_path / "m1.txt", videos[:2])
     assert extract.main(["--input", m1, "--output_prefix", first, "--model", standin_dir, *FAST]) == 0
@@ -49,6 +49,9 @@ def test_skip_done_decodes_only_new_videos(videos, standin_dir, tmp_path):
                          "--skip_done", first]) == 0
     summary = read_summary(second)
     assert summary["counters"]["videos_decoded"] == 1  # only the new one was decoded
+    # The live progress counted what there was to do: one video, not three.
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("progress: videos 1/1 | ")
+    assert summary["counters"]["videos_to_do"] == 1
     assert summary["counts"]["videos_skipped_done"] == 2
     union = [r["uri"] for r in rows(first, "videos") + rows(second, "videos")]
     assert sorted(union) == sorted(videos[:3])  # every video exactly once

@@ -14,6 +14,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from decoder import ClipReader, DecodeOptions, VideoError, prefetch
+from transforms.progress import ProgressLog
 from transforms.records import FAILURES, NAMESPACE, ClipItem, VideoRequest, failure_row, video_row
 
 INFO = "info"
@@ -37,8 +38,10 @@ class DecodeClipsFn(beam.DoFn):
     that persists, becomes the video's failure record.
     """
 
-    def __init__(self, options: DecodeOptions, prefetch: int = 2, io_retries: int = 3, backoff_sec: float = 1.0):
+    def __init__(self, options: DecodeOptions, prefetch: int = 2, io_retries: int = 3, backoff_sec: float = 1.0,
+                 progress: ProgressLog | None = None):
         self._options = options
+        self._progress = progress or ProgressLog()
         self._prefetch = prefetch
         self._io_retries = io_retries
         self._backoff_sec = backoff_sec
@@ -56,6 +59,7 @@ class DecodeClipsFn(beam.DoFn):
         self._last_report = self._started
 
     def _fail(self, request: VideoRequest, error: Exception, stage: str, transient: bool, clips_kept: int):
+        self._progress.add("video")  # done, as a failure (the failures step counts it as one)
         Metrics.counter(NAMESPACE, f"videos_failed_{stage}").inc()
         Metrics.counter(NAMESPACE, f"error_{type(error).__name__}").inc()
         return beam.pvalue.TaggedOutput(
@@ -99,6 +103,7 @@ class DecodeClipsFn(beam.DoFn):
         self._frames.inc(info.decoded_frames)
         self._decode_ms.update(int((time.monotonic() - start) * 1000))
         yield beam.pvalue.TaggedOutput(INFO, (request.video_id, video_row(request, info)))
+        self._progress.add("video")
         self._report(emitted)
 
     def _report(self, clips: int) -> None:
@@ -114,14 +119,15 @@ class DecodeClipsFn(beam.DoFn):
 class DecodeClips(beam.PTransform):
     """PCollection[VideoRequest] -> {clips, info, failures}."""
 
-    def __init__(self, options: DecodeOptions, prefetch: int = 2, io_retries: int = 3, backoff_sec: float = 1.0):
+    def __init__(self, options: DecodeOptions, prefetch: int = 2, io_retries: int = 3, backoff_sec: float = 1.0,
+                 progress: ProgressLog | None = None):
         super().__init__()
         # `options` validated itself when it was built (once, by the job's entry point).
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         if io_retries < 0:
             raise ValueError(f"io_retries must be >= 0, got {io_retries}")
-        self._fn = DecodeClipsFn(options, prefetch, io_retries, backoff_sec)
+        self._fn = DecodeClipsFn(options, prefetch, io_retries, backoff_sec, progress)
 
     def expand(self, requests):
         out = requests | "Decode" >> beam.ParDo(self._fn).with_outputs(INFO, FAILURES, main="clips")

@@ -17,6 +17,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
+from transforms.progress import ProgressLog
 from transforms.records import NAMESPACE, ClipItem, TextItem
 
 Task = Literal["video", "text"]
@@ -43,6 +44,7 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
         max_batch_size: int = 4,
         large_model: bool = False,
         model_copies: int | None = None,
+        progress: ProgressLog | None = None,
     ):
         if task not in ("video", "text"):
             raise ValueError(f"task must be 'video' or 'text', got {task!r}")
@@ -58,6 +60,7 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
         )
         self._handle = model_handle
         self._task = task
+        self._progress = progress or ProgressLog()
 
     def load_model(self):
         from s3d.loader import load_s3d  # TensorFlow is imported on the worker, not at graph build
@@ -66,7 +69,9 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
 
     def run_inference(self, batch: Sequence[Any], model, inference_args: dict[str, Any] | None = None) -> Iterable[dict]:
         if self._task == "video":
-            return self._embed_clips(batch, model)
+            rows = self._embed_clips(batch, model)
+            self._progress.add("clips", len(rows))
+            return rows
         return self._embed_texts(batch, model)
 
     @staticmethod
