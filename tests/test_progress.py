@@ -83,3 +83,40 @@ def test_on_a_terminal_one_line_is_redrawn(tmp_path):
         time.sleep(0.3)
     text = out.getvalue()
     assert text.count("\r\x1b[K") >= 3 and text.count("\n") == 1 and text.endswith("| done\n")
+
+
+def test_a_job_on_a_terminal_redraws_its_progress_line(standin_dir, tmp_path):
+    import pty
+
+    from synthetic.videos import write_video
+
+    for i in range(12):
+        write_video(str(tmp_path / f"v{i:02d}.mp4"), 30, fps=10, width=64, height=48)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.extract", "--input", str(tmp_path / "*.mp4"), "--output_prefix",
+         str(tmp_path / "out"), "--model", standin_dir, "--size", "64", "--frames_per_clip", "8"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # the job closed its end
+            break
+        if not data:
+            break
+        chunks.append(data.decode("utf-8", "replace"))
+    stdout = proc.communicate(timeout=600)[0]
+    os.close(master)
+    terminal = "".join(chunks)
+    assert proc.returncode == 0, terminal[-2000:]
+    redraws = terminal.count("\r\x1b[K")
+    assert redraws >= 3, terminal[-2000:]
+    assert "progress:" not in terminal  # the plain form is for logs
+    final = terminal.split("\r\x1b[K")[-1].splitlines()[0]
+    import re
+
+    # 12 videos of 3 s at 10 fps: 30 samples, 4 clips of 8 each (the last padded).
+    assert re.fullmatch(r"videos 12/12 \| clips 48 \(\d+\.\d\d/s\) \| failures 0 \| done", final), final
+    assert "S3D features: 12 videos ok" in stdout  # the summary comes after the progress
