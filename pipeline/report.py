@@ -17,8 +17,12 @@ def failure_reasons(output_prefix: str, top: int = 10) -> list[dict[str, Any]]:
     counts: collections.Counter = collections.Counter()
     example: dict[tuple[str, str], str] = {}
     for match in FileSystems.match([table_glob(output_prefix, "failures")])[0].metadata_list:
-        with FileSystems.open(match.path) as f:
-            table = pq.read_table(f, columns=["stage", "error_type", "message"])
+        # ParquetFile, not pq.read_table: read_table scans a Python file object through Arrow's
+        # dataset layer, whose threads may drop the last reference to it while the interpreter
+        # exits; that needs the GIL there and aborts the process ("terminate called without an
+        # active exception"), after the job has finished. ParquetFile is closed here, now.
+        with FileSystems.open(match.path) as f, pq.ParquetFile(f) as parquet:
+            table = parquet.read(columns=["stage", "error_type", "message"])
         for stage, error_type, message in zip(*(table.column(c).to_pylist() for c in ("stage", "error_type", "message")), strict=True):
             counts[(stage, error_type)] += 1
             example.setdefault((stage, error_type), message)

@@ -280,3 +280,18 @@ def test_readme_lists_exactly_the_columns_of_each_table():
         # Column names are the backticked words outside parentheses (those hold values and notes).
         documented = re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", row.group(1)))
         assert documented == schema.names, table
+
+
+def test_failure_reasons_read_without_arrows_dataset_layer(run, monkeypatch):
+    """pq.read_table on a Python file object let Arrow's threads drop the file during interpreter
+    exit, aborting one process in a dozen after its job had finished (a core dump showed
+    PyReadableFile's destructor taking the GIL in an Arrow thread); the report must not use it."""
+    from pipeline.report import failure_reasons
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("failure_reasons must read with pq.ParquetFile, not pq.read_table")
+
+    monkeypatch.setattr(pq, "read_table", refuse)
+    reasons = {(r["stage"], r["error_type"]): r["count"] for r in failure_reasons(run)}
+    assert reasons[("open", "OpenError")] == 3 and reasons[("decode", "CorruptStreamError")] == 1
+    assert sum(reasons.values()) == 7
