@@ -59,8 +59,13 @@ def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
+def local_path(uri: str) -> str:
+    """The path of a local URI (a file:// URI loses its scheme; a plain path stays as it is)."""
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
 def _local_source(uri: str) -> str:
-    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    path = local_path(uri)
     if not os.path.exists(path):
         raise OpenError(uri, "no such file")
     if os.path.isdir(path):

@@ -129,8 +129,6 @@ class S3DModel:
         return out["mixed_5c"].numpy(), out["video_embedding"].numpy()
 
     def _placement(self):
-        import contextlib
-
         import tensorflow as tf
 
         return tf.device(self.device.device) if self.device else contextlib.nullcontext()

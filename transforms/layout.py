@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from typing import IO, Any
 
-from decoder import is_local
+from decoder import is_local, local_path
 
 SUMMARY_NAME = "run_summary.json"
 
@@ -38,7 +38,7 @@ def read_summary(output_prefix: str, opener: Callable[[str], IO[bytes]] | None =
     """
     path = summary_path(output_prefix)
     if is_local(path):
-        local = path[len("file://"):] if path.startswith("file://") else path
+        local = local_path(path)
         if not os.path.exists(local):
             return None
         with open(local, "rb") as f:
