@@ -1,4 +1,9 @@
-"""Shared fixtures: the stand-in model is exported once per session into a temp dir."""
+"""Shared fixtures: the stand-in model is exported once per session into a temp dir.
+
+In-process jobs load each model directory once per session (see `_one_load_per_model`);
+the jobs run in subprocesses (tests of the command line, of several worker processes, of a
+killed run) and the loader's own tests load for real every time.
+"""
 
 from __future__ import annotations
 
@@ -33,3 +38,26 @@ def other_standin_dir(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("models") / "other")
     export_standin(path, seed=1)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_load_per_model():
+    """The model handler of in-process jobs reuses one loaded copy per model handle.
+
+    Loading the stand-in and optimizing its graph for the first batch take about 2.5 s of a
+    small job's 5 s; some twenty jobs run in this process. Each test writes its models to
+    directories of its own, so a handle never names two different models here.
+    """
+    from transforms.inference import S3DModelHandler
+
+    loaded: dict[str, object] = {}
+    load = S3DModelHandler.load_model
+
+    def load_once(self):
+        if self._handle not in loaded:
+            loaded[self._handle] = load(self)
+        return loaded[self._handle]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(S3DModelHandler, "load_model", load_once)
+        yield
