@@ -15,6 +15,8 @@ import sys
 
 import numpy as np
 
+from s3d.quiet import add_log_level_arguments
+
 SAMPLES = [
     # name, frames, fps, width, height, codec, pix_fmt, extra
     ("kitchen_h264.mp4", 120, 30, 320, 180, "libx264", "yuv420p", {}),
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="SavedModel directory (make demo exports the stand-in)")
     parser.add_argument("--workdir", default=os.path.join(".cache", "demo"), help="samples and output (default: .cache/demo)")
+    add_log_level_arguments(parser)
     args = parser.parse_args(argv)
 
     from pipeline import extract
@@ -88,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"demo: extracting features from the videos listed in {manifest}", flush=True)
     status = extract.main([
         "--input", manifest, "--output_prefix", output, "--model", args.model, "--runner", "DirectRunner",
+        *(["--log_level", args.log_level] if args.log_level else []),
     ])
     if status == 0:
         peek(output)

@@ -14,11 +14,11 @@ from typing import Any
 
 import apache_beam as beam
 
+from pipeline.console import configure_logging
 from pipeline.options import TEXT_INPUT_HELP, TEXT_OUTPUT_HELP, IOOptions, ModelOptions
 from pipeline.runner import (
     announce,
     check_worker_packaging,
-    configure_logging,
     launch,
     package_version,
     parse_job_args,
@@ -46,7 +46,6 @@ def build_pipeline(p: beam.Pipeline, opts: IOOptions, model: ModelOptions) -> di
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    configure_logging()
     options = parse_job_args(
         argv, "python -m pipeline.embed_text",
         "Embed sentences with the S3D MIL-NCE text tower into a Parquet table (texts), in the same space as "
@@ -54,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         (TEXT_INPUT_HELP, TEXT_OUTPUT_HELP),
         [(ModelOptions, "model")],
     )
+    configure_logging(options.view_as(IOOptions).log_level)  # before TensorFlow loads
     opts, model = options.view_as(IOOptions), options.view_as(ModelOptions)
     try:
         opts.validate_io("a file of sentences")

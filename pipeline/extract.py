@@ -15,12 +15,12 @@ from typing import Any
 import apache_beam as beam
 
 from decoder import DecodeOptions
+from pipeline.console import configure_logging
 from pipeline.options import EXTRACT_INPUT_HELP, EXTRACT_OUTPUT_HELP, ExtractOptions, IOOptions, ModelOptions
 from pipeline.report import failure_reasons, print_summary
 from pipeline.runner import (
     announce,
     check_worker_packaging,
-    configure_logging,
     launch,
     package_version,
     parse_job_args,
@@ -96,7 +96,6 @@ def build_pipeline(
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    configure_logging()
     options = parse_job_args(
         argv, "python -m pipeline.extract",
         "Extract S3D MIL-NCE features (mixed_5c 1024-d, video_embedding 512-d) from videos "
@@ -104,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         (EXTRACT_INPUT_HELP, EXTRACT_OUTPUT_HELP),
         [(ExtractOptions, None), (ModelOptions, "model")],
     )
+    configure_logging(options.view_as(IOOptions).log_level)  # before TensorFlow loads
     io, opts, model = options.view_as(IOOptions), options.view_as(ExtractOptions), options.view_as(ModelOptions)
     try:
         decode = opts.decode_options()

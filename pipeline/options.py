@@ -13,6 +13,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 
 from decoder import CROP_MODES, TAIL_POLICIES, DecodeOptions
 from s3d.loader import DEFAULT_HANDLE
+from s3d.quiet import add_log_level_arguments
 from transforms.inference import S3DModelHandler
 from transforms.progress import ProgressLog
 
@@ -89,7 +90,7 @@ class ModelOptions(PipelineOptions):
         copies = self.model_copies if self.model_copies is not None else (gpus or None)
         return S3DModelHandler(
             self.model, task, min_batch_size=self.min_batch_size, max_batch_size=self.batch_size,
-            large_model=self.large_model or gpus > 0, model_copies=copies, progress=progress,
+            large_model=self.large_model or gpus > 0, model_copies=copies, progress=progress, expect_gpus=gpus,
         )
 
     def validate_model(self) -> None:
@@ -189,7 +190,8 @@ TEXT_OUTPUT_HELP = (
 
 
 class IOOptions(PipelineOptions):
-    """--input and --output_prefix, shared by the jobs (Beam needs each flag defined once per process)."""
+    """--input, --output_prefix, --wait and --log_level, shared by the jobs (Beam needs each flag defined once
+    per process)."""
 
     @classmethod
     def _add_argparse_args(cls, parser, input_help: str | None = None, output_help: str | None = None):
@@ -201,6 +203,8 @@ class IOOptions(PipelineOptions):
                            "it (default: true); --wait=false submits and returns, as a Flex Template launch "
                            "should (the job still writes its run summary when its tables are final); local "
                            "runs always wait")
+        group = parser.add_argument_group("console")
+        add_log_level_arguments(group)
 
     def validate_io(self, what: str) -> None:
         if not self.input:

@@ -7,10 +7,12 @@ events the steps append under a directory (transforms/progress.py).
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TextIO
 
 from transforms.progress import ProgressReader
@@ -64,7 +66,7 @@ class ProgressDisplay:
     """Polls the progress directory in a thread and shows the line until stopped."""
 
     def __init__(self, directory: str, out: TextIO | None = None, interval_sec: float = 2.0,
-                 plain_every_sec: float = 30.0):
+                 plain_every_sec: float = 30.0, clock: Callable[[], float] = time.monotonic):
         self._reader = ProgressReader(directory)
         self._out = out or sys.stderr
         self._tty = self._out.isatty()
@@ -73,31 +75,68 @@ class ProgressDisplay:
         self._clips, self._videos = _Rate(), _Rate()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
-        self._last_plain = 0.0
+        self._clock = clock
+        self._last_plain: float | None = None
+        self._lock = threading.RLock()
+        self._shown = False  # the line is on the terminal, without its newline
+        self._handlers: list[tuple[logging.StreamHandler, TextIO]] = []
         self.last_line = ""
 
     def __enter__(self) -> ProgressDisplay:
+        if self._tty:  # log records clear the line, print, and the line comes back below them
+            for handler in logging.getLogger().handlers:
+                if isinstance(handler, logging.StreamHandler) and handler.stream is self._out:
+                    self._handlers.append((handler, handler.setStream(_AboveTheLine(self))))
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
-        self._show(final=True)
+        self.refresh(final=True)
+        for handler, stream in self._handlers:
+            handler.setStream(stream)
+
+    def write_above(self, text: str) -> None:
+        """Writes `text` where the progress line is, then shows the line again after a full line."""
+        with self._lock:
+            if self._shown:
+                self._out.write("\r\x1b[K")
+            self._out.write(text)
+            self._shown = text.endswith("\n") and bool(self.last_line)
+            if self._shown:
+                self._out.write(self.last_line)
+            self._out.flush()
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
-            self._show(final=False)
+            self.refresh()
 
-    def _show(self, final: bool) -> None:
-        now = time.monotonic()
+    def refresh(self, final: bool = False) -> None:
+        """Reads the new events and shows the line (without a terminal: if a plain line is due)."""
+        now = self._clock()
         counts = self._reader.poll()
         line = progress_line(counts, self._clips.update(now, counts.get("clips", 0)),
                              self._videos.update(now, counts.get("video", 0)), final)
-        self.last_line = line
-        if self._tty:
-            self._out.write("\r\x1b[K" + line + ("\n" if final else ""))
-        elif final or now - self._last_plain >= self._plain_every:
-            self._out.write(f"progress: {line}\n")
-            self._last_plain = now
-        self._out.flush()
+        with self._lock:
+            self.last_line = line
+            if self._tty:
+                self._out.write("\r\x1b[K" + line + ("\n" if final else ""))
+                self._shown = not final
+            elif final or self._last_plain is None or now - self._last_plain >= self._plain_every:
+                self._out.write(f"progress: {line}\n")
+                self._last_plain = now
+            self._out.flush()
+
+
+class _AboveTheLine:
+    """The stream a log handler writes to while a progress line is on the terminal."""
+
+    def __init__(self, display: ProgressDisplay):
+        self._display = display
+
+    def write(self, text: str) -> None:
+        self._display.write_above(text)
+
+    def flush(self) -> None:
+        pass

@@ -16,7 +16,6 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -36,26 +35,6 @@ from transforms.tables import read_summary, utc_now, write_summary
 LOCAL_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner")
 
 log = logging.getLogger(__name__)
-
-
-# Warnings Beam logs on every run that say nothing about this job (optional GCP and torch extras).
-_NOISE = ("apitools not found", "Resource module is not available")
-
-
-# Beam's Dataflow client logs "Created job with id: [ID]" at INFO. Airflow's Beam and Dataflow
-# hooks find the job by that line in the launcher's output (their JOB_ID_PATTERN): without it a
-# killed task does not cancel the job and no job link is saved. It stays at INFO.
-JOB_ID_LOGGER = "apache_beam.runners.dataflow.internal.apiclient"
-
-
-def configure_logging() -> None:
-    """INFO for this project's progress lines and Dataflow's job id; Beam's other chatter at WARNING."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
-    logging.getLogger(JOB_ID_LOGGER).setLevel(logging.INFO)
-    logging.getLogger().addFilter(lambda record: not record.getMessage().startswith(_NOISE))
-    # tensorflow-hub 0.16 imports pkg_resources on every load; the deprecation is setuptools' business.
-    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 
 def package_version() -> str:

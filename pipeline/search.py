@@ -28,6 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from decoder import is_local
 from s3d.loader import ModelLoadError
+from s3d.quiet import add_log_level_arguments, set_up_console
 from transforms.layout import SUMMARY_NAME, table_glob
 from transforms.tables import read_run_metadata, read_summary
 
@@ -258,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--html", help="also write a self-contained HTML page with thumbnails of the results")
     parser.add_argument("--threads", type=int, default=None, help="threads scoring row groups (default: all cores)")
     parser.add_argument("--force", action="store_true", help="search a run that has no run summary (incomplete)")
+    add_log_level_arguments(parser)
     args = parser.parse_args(argv)
+    set_up_console(args.log_level)  # before TensorFlow loads
 
     try:
         check_complete(args.features, args.force)

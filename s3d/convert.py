@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from s3d.architecture import parameter_layout, torch_shape
+from s3d.quiet import add_log_level_arguments, set_up_console
 
 OPTIONAL_SUFFIX = ".num_batches_tracked"  # BatchNorm bookkeeping; not a parameter
 
@@ -124,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", required=True, help="the authors' s3d_dict.npy (66,249 words)")
     parser.add_argument("--output", required=True, help="directory for the SavedModel (created)")
     parser.add_argument("--force", action="store_true", help="overwrite a non-empty --output")
+    add_log_level_arguments(parser)
     args = parser.parse_args(argv)
+    set_up_console(args.log_level)  # before TensorFlow loads
     if os.path.isdir(args.output) and os.listdir(args.output) and not args.force:
         parser.error(f"--output {args.output!r} exists and is not empty; pass --force to overwrite it")
     try:

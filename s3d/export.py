@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from s3d.quiet import add_log_level_arguments, set_up_console
+
 PROVENANCE_FILE = os.path.join("assets.extra", "s3d_provenance.json")
 # The text tower's vocabulary, one word a line (the graph has its own copy): lets callers
 # count the words of a sentence the model knows without running TensorFlow.
@@ -99,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     vocab.add_argument("--vocab_size", type=int, help="pad the bundled list with made-up words to this size "
                        "(66249 gives the real table size)")
     parser.add_argument("--force", action="store_true", help="overwrite a non-empty --output directory")
+    add_log_level_arguments(parser)
     args = parser.parse_args(argv)
+    set_up_console(args.log_level)  # before TensorFlow loads
 
     from s3d.vocab import load_vocabulary, synthetic_vocabulary
 

@@ -12,6 +12,8 @@ import time
 
 import numpy as np
 
+from s3d.quiet import add_log_level_arguments, set_up_console
+
 
 def parameter_count(model) -> int:
     """Learned parameters in the SavedModel's checkpoint: every variable but BatchNorm statistics."""
@@ -66,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m s3d.inspect", description=__doc__.splitlines()[0])
     parser.add_argument("handle", help="SavedModel directory, gs:// path or TF Hub URL")
     parser.add_argument("--smoke", action="store_true", help="also embed one synthetic 32x224x224 clip and two sentences")
+    add_log_level_arguments(parser)
     args = parser.parse_args(argv)
+    set_up_console(args.log_level)  # before TensorFlow loads
 
     from s3d.loader import ModelLoadError, load_s3d
 

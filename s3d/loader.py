@@ -189,10 +189,10 @@ def load_s3d(handle: str = DEFAULT_HANDLE) -> S3DModel:
     Raises:
         ModelLoadError: nothing loadable at `handle`, or it lacks the `video`/`text` signatures.
     """
-    from s3d.quiet import import_tensorflow
+    from s3d.quiet import import_tensorflow, import_tensorflow_hub
 
     tf = import_tensorflow()  # without TensorFlow's start-up chatter
-    import tensorflow_hub as hub
+    hub = import_tensorflow_hub()
 
     if not handle:
         raise ModelLoadError("no model handle given: pass a TF Hub URL or a SavedModel directory")

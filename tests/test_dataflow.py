@@ -218,7 +218,7 @@ def test_a_template_launch_with_no_job_counts_as_submitted(tmp_path, monkeypatch
 def test_the_job_id_logger_stays_at_info():
     import logging
 
-    from pipeline.runner import JOB_ID_LOGGER, configure_logging
+    from pipeline.console import JOB_ID_LOGGER, configure_logging
 
     configure_logging()
     assert logging.getLogger(JOB_ID_LOGGER).getEffectiveLevel() == logging.INFO

@@ -335,26 +335,22 @@ def test_loading_the_stand_in_warns_that_its_embeddings_mean_nothing(standin_dir
     assert any("untrained stand-in" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
 
 
-def _start_tensorflow(env: dict) -> str:
-    import subprocess
-    import sys
+def test_only_the_known_start_up_lines_count_as_noise():
+    """A real error line is not noise; the CUDA lines are noise only where no driver is installed.
 
-    code = ("from s3d.quiet import import_tensorflow; import sys; import_tensorflow(); "
-            "print('still here', file=sys.stderr)")
-    env = {k: v for k, v in {**os.environ, **env}.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
-                          timeout=300).stderr
-
-
-def test_tensorflow_starts_without_its_chatter_and_keeps_other_output():
+    The command lines with and without the start-up lines: tests/test_console.py.
+    """
     from s3d.quiet import is_startup_noise
 
-    loud = _start_tensorflow({"S3D_TF_STARTUP_LOGS": "1"})
-    assert "oneDNN custom operations are on" in loud  # what a newcomer sees otherwise
-    quiet = _start_tensorflow({})
-    assert quiet.strip().splitlines() == ["still here"]
-    # A real error line is not noise; the CUDA lines are noise only where no driver is installed.
     cuinit = ("E0000 00:00:1795704260.137925   11169 cuda_platform.cc:52] failed call to cuInit: INTERNAL: "
               "CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)")
     assert is_startup_noise(cuinit, driver_present=False) and not is_startup_noise(cuinit, driver_present=True)
     assert not is_startup_noise("E0000 00:00:1.0  1 saved_model.cc:1] could not read variables", False)
+    # The progress line, redrawn by another thread while TensorFlow starts, stays; the noise after it goes.
+    from s3d.quiet import strip_startup_noise
+
+    captured = ("\r\x1b[Kvideos 0/counting | ETA -WARNING: All log messages before absl::InitializeLog() is called "
+                f"are written to STDERR\n{cuinit}\nW0000 00:00:1.0  1 real.cc:1] a real warning\n")
+    assert strip_startup_noise(captured, driver_present=False) == (
+        "\r\x1b[Kvideos 0/counting | ETA -W0000 00:00:1.0  1 real.cc:1] a real warning\n")
+    assert cuinit in strip_startup_noise(captured, driver_present=True)

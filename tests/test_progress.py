@@ -70,6 +70,57 @@ def test_without_a_terminal_plain_lines_come_at_a_bounded_rate(tmp_path):
     assert "\r" not in out.getvalue()
 
 
+class _Clock:
+    def __init__(self, now: float = 0.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_on_a_fake_clock_plain_lines_come_every_period_with_rates_and_an_eta(tmp_path):
+    clock, out, log = _Clock(), io.StringIO(), ProgressLog(str(tmp_path))
+    display = ProgressDisplay(str(tmp_path), out=out, plain_every_sec=30, clock=clock)
+    display.refresh()  # the input is not read yet
+    assert out.getvalue() == "progress: videos 0/counting | clips 0 | failures 0 | ETA -\n"
+    clock.now = 10
+    log.add("clips", 20)
+    display.refresh()  # 10 s after the last plain line: nothing printed, the line is up to date
+    assert display.last_line == "videos 0/counting | clips 20 (2.00/s) | failures 0 | ETA -"
+    assert out.getvalue().count("\n") == 1
+    clock.now = 30
+    log.total(10)
+    log.add("video", 2)
+    log.add("clips", 40)
+    log.add("failed")
+    display.refresh()  # 30 s: due; 2 videos in 30 s leave 8 for 120 s
+    assert out.getvalue().splitlines()[-1] == "progress: videos 2/10 | clips 60 (2.00/s) | failures 1 | ETA 2m00s"
+    for now in range(31, 60):  # polls every second: no plain line before the next period
+        clock.now = now
+        display.refresh()
+    assert out.getvalue().count("\n") == 2
+    clock.now = 100  # rates are over the last minute (since the poll at 40 s), not since the start
+    log.add("clips", 120)
+    log.add("video", 4)
+    display.refresh()  # 4 videos in 60 s leave 4 for 60 s
+    assert out.getvalue().splitlines()[-1] == "progress: videos 6/10 | clips 180 (2.00/s) | failures 1 | ETA 1m00s"
+    clock.now = 120
+    log.add("video", 4)
+    display.refresh(final=True)  # the end is always shown; 120 clips since the poll at 59 s
+    assert out.getvalue().splitlines()[-1] == "progress: videos 10/10 | clips 180 (1.97/s) | failures 1 | done"
+
+
+def test_with_nothing_to_do_the_line_says_so_without_dividing_by_zero(tmp_path):
+    clock, out, log = _Clock(), io.StringIO(), ProgressLog(str(tmp_path))
+    display = ProgressDisplay(str(tmp_path), out=out, plain_every_sec=30, clock=clock)
+    log.total(0)  # --skip_done found every video done
+    display.refresh()
+    clock.now = 0.5
+    display.refresh(final=True)
+    assert out.getvalue().splitlines() == ["progress: videos 0/0 | clips 0 | failures 0 | finishing",
+                                           "progress: videos 0/0 | clips 0 | failures 0 | done"]
+
+
 class _Terminal(io.StringIO):
     def isatty(self):
         return True
@@ -85,18 +136,42 @@ def test_on_a_terminal_one_line_is_redrawn(tmp_path):
     assert text.count("\r\x1b[K") >= 3 and text.count("\n") == 1 and text.endswith("| done\n")
 
 
+def test_on_a_terminal_log_lines_print_above_the_progress_line(tmp_path):
+    import logging
+
+    out, clock = _Terminal(), _Clock()
+    handler = logging.StreamHandler(out)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with ProgressDisplay(str(tmp_path), out=out, interval_sec=3600, clock=clock) as display:
+            display.refresh()
+            logging.getLogger("s3d.loader").warning("a warning")
+            assert handler.stream is not out  # the display's while it runs
+    finally:
+        root.removeHandler(handler)
+    assert handler.stream is out  # given back
+    line = "videos 0/counting | clips 0 | failures 0 | ETA -"
+    # The line is cleared, the record printed on a line of its own, the line drawn again below it.
+    assert out.getvalue().startswith(f"\r\x1b[K{line}\r\x1b[Ka warning\n{line}\r\x1b[K")
+    assert out.getvalue().endswith("| done\n")
+
+
 def test_a_job_on_a_terminal_redraws_its_progress_line(standin_dir, tmp_path):
     import pty
 
     from synthetic.videos import write_video
 
-    for i in range(12):
+    for i in range(4):
         write_video(str(tmp_path / f"v{i:02d}.mp4"), 30, fps=10, width=64, height=48)
+    # A newcomer's shell: nothing set that quiets TensorFlow or Python's warnings.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "S3D_TF_STARTUP_LOGS", "PYTHONWARNINGS")}
     master, slave = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.extract", "--input", str(tmp_path / "*.mp4"), "--output_prefix",
          str(tmp_path / "out"), "--model", standin_dir, "--size", "64", "--frames_per_clip", "8"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=slave, text=True)
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=slave, text=True)
     os.close(slave)
     chunks = []
     while True:
@@ -117,6 +192,14 @@ def test_a_job_on_a_terminal_redraws_its_progress_line(standin_dir, tmp_path):
     final = terminal.split("\r\x1b[K")[-1].splitlines()[0]
     import re
 
-    # 12 videos of 3 s at 10 fps: 30 samples, 4 clips of 8 each (the last padded).
-    assert re.fullmatch(r"videos 12/12 \| clips 48 \(\d+\.\d\d/s\) \| failures 0 \| done", final), final
-    assert "S3D features: 12 videos ok" in stdout  # the summary comes after the progress
+    # 4 videos of 3 s at 10 fps: 30 samples, 4 clips of 8 each (the last padded).
+    assert re.fullmatch(r"videos 4/4 \| clips 16 \(\d+\.\d\d/s\) \| failures 0 \| done", final), final
+    assert "S3D features: 4 videos ok" in stdout  # the summary comes after the progress
+    # Quiet: none of TensorFlow's start-up lines, nothing but the stand-in warning besides the progress.
+    from s3d.quiet import is_startup_noise
+
+    assert not [line for line in (terminal + stdout).splitlines() if is_startup_noise(line, driver_present=False)]
+    logged = [line.split(" ", 2)[2] for line in terminal.replace("\r\x1b[K", "\n").splitlines()
+              if line.startswith("20")]
+    assert logged == [f"WARNING s3d.loader: model {standin_dir} is an untrained stand-in: its embeddings carry "
+                      "no meaning"], terminal

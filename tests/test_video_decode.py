@@ -5,7 +5,6 @@ Every video is encoded here with PyAV; frames carry their own index (synthetic.v
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 import tracemalloc

@@ -9,6 +9,7 @@ behind Beam's cross-process proxy when the model is shared with `large_model` /
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
@@ -22,6 +23,8 @@ from transforms.records import NAMESPACE, ClipItem, TextItem
 
 Task = Literal["video", "text"]
 
+log = logging.getLogger(__name__)
+
 
 class S3DModelHandler(ModelHandler[Any, dict, Any]):
     """Loads an S3D MIL-NCE model once per worker (or per shared copy) and embeds batches.
@@ -33,6 +36,8 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
         min_batch_size, max_batch_size: passed to BatchElements.
         large_model: share one model per machine across processes (GPU workers).
         model_copies: exact number of shared copies per machine (e.g. one per GPU).
+        expect_gpus: GPUs the job asked for on the workers that run the model; loading
+            where TensorFlow sees none logs a warning (the model then runs on the CPU).
     """
 
     def __init__(
@@ -45,6 +50,7 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
         large_model: bool = False,
         model_copies: int | None = None,
         progress: ProgressLog | None = None,
+        expect_gpus: int = 0,
     ):
         if task not in ("video", "text"):
             raise ValueError(f"task must be 'video' or 'text', got {task!r}")
@@ -61,11 +67,19 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
         self._handle = model_handle
         self._task = task
         self._progress = progress or ProgressLog()
+        self._expect_gpus = expect_gpus
 
     def load_model(self):
         from s3d.loader import load_s3d  # TensorFlow is imported on the worker, not at graph build
 
-        return load_s3d(self._handle)
+        model = load_s3d(self._handle)
+        if self._expect_gpus and model.device is None:
+            log.warning(
+                "%d GPU(s) per worker were asked for (--inference_accelerator or the worker_accelerator service "
+                "option) but TensorFlow sees none here: the model runs on the CPU, many times slower. On Dataflow, "
+                "check that the accelerator has install-nvidia-driver and that the worker image has TensorFlow "
+                "with CUDA (deploy/dataflow/Dockerfile)", self._expect_gpus)
+        return model
 
     def run_inference(self, batch: Sequence[Any], model, inference_args: dict[str, Any] | None = None) -> Iterable[dict]:
         if self._task == "video":

@@ -34,7 +34,7 @@ class ProgressLog:
         self.__init__(state["directory"])
 
     def add(self, kind: str, n: int = 1) -> None:
-        if not self.directory or n == 0:
+        if not self.directory or (n == 0 and kind != "total"):  # a total of 0 is news: nothing to do
             return
         key = (os.getpid(), threading.get_ident())
         f = self._files.get(key)

@@ -45,10 +45,11 @@ def regex_for(action: argparse.Action) -> str:
 
 
 def metadata() -> dict:
-    parameters = []
+    parameters, seen = [], set()
     for action in extract_parser()._actions:
-        if not action.option_strings:
+        if not action.option_strings or action.dest in seen:  # -v is a shorthand of --log_level
             continue
+        seen.add(action.dest)
         name = action.dest
         help_text = " ".join((action.help or "").split())
         parameters.append({

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import datetime
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -113,7 +114,7 @@ def test_the_job_id_line_the_launcher_prints_is_what_airflow_parses():
     from airflow.providers.google.cloud.hooks.dataflow import process_line_and_extract_dataflow_job_id_callback
 
     code = (
-        "import logging; from pipeline.runner import configure_logging, JOB_ID_LOGGER; configure_logging(); "
+        "import logging; from pipeline.console import configure_logging, JOB_ID_LOGGER; configure_logging(); "
         "logging.getLogger(JOB_ID_LOGGER).info('Created job with id: [%s]', '2026-11-26_01_02_03-123')"
     )
     proc = subprocess.run([S3D_PYTHON, "-c", code], capture_output=True, text=True, timeout=300)
@@ -156,9 +157,18 @@ def _summary(inputs, day: str) -> dict:
     return json.loads((Path(inputs["output"]) / f"dt={day}" / "run_summary.json").read_text())
 
 
-def test_a_scheduled_style_run_extracts_the_day_before_its_logical_date(dag, inputs):
-    run = dag.test(logical_date=datetime.datetime(2026, 11, 25, tzinfo=UTC), run_conf=_conf(inputs, 0.05))
+def test_a_scheduled_style_run_extracts_the_day_before_its_logical_date(dag, inputs, monkeypatch, capfd, caplog):
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)  # as on a scheduler nobody tuned
+    with caplog.at_level(logging.INFO):
+        run = dag.test(logical_date=datetime.datetime(2026, 11, 25, tzinfo=UTC), run_conf=_conf(inputs, 0.05))
     assert run.state == "success"
+    # The task's log has the job's lines, without TensorFlow's start-up lines.
+    out, err = capfd.readouterr()
+    log = "\n".join([out, err, *(r.getMessage() for r in caplog.records)])
+    assert "untrained stand-in" in log and "S3D features: 2 videos ok" in log
+    for startup in ("absl::InitializeLog", "oneDNN custom operations", "Could not find cuda drivers",
+                    "failed call to cuInit", "cpu_feature_guard", "pkg_resources is deprecated"):
+        assert startup not in log
     summary = _summary(inputs, "2026-11-24")
     assert summary["counts"]["videos_ok"] == 2 and summary["counts"]["videos_failed"] == 0
     assert summary["model"] == inputs["model"]
