@@ -109,3 +109,78 @@ def test_flex_launcher_ships_setup_py_only_in_the_default_target():
     assert "FLEX_TEMPLATE_PYTHON_SETUP_FILE" not in envs("launcher-prebuilt")  # prebuilt workers rebuild nothing
     assert stages["launcher"][0][1].startswith("launcher-prebuilt")
     assert "FLEX_TEMPLATE_PYTHON_SETUP_FILE=/template/setup.py" in envs("launcher")
+
+
+# ---- supported Pythons: the package, the Makefile, CI ---------------------------------------------
+
+
+def test_the_package_declares_python_3_11_to_3_13():
+    import ast
+
+    from packaging.specifiers import SpecifierSet
+
+    call = next(node for node in ast.walk(ast.parse(open(os.path.join(ROOT, "setup.py")).read()))
+                if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setup")
+    kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg in ("python_requires", "classifiers")}
+    allowed = SpecifierSet(kwargs["python_requires"])
+    assert [v for v in ("3.10", "3.11", "3.12", "3.13", "3.14") if allowed.contains(f"{v}.0")] == ["3.11", "3.12", "3.13"]
+    assert {c.rsplit(" ", 1)[1] for c in kwargs["classifiers"] if c.startswith("Programming Language :: Python :: 3.")} \
+        == {"3.11", "3.12", "3.13"}
+
+
+def _fake_bin(tmp_path, pythons: dict[str, str]) -> str:
+    """A bin directory of python3.X scripts: 'works' runs this Python (reporting X as its version), 'fails'
+    is a pyenv-like shim that exists and cannot start."""
+    d = tmp_path / "bin"
+    d.mkdir()
+    for version, kind in pythons.items():
+        script = d / f"python{version}"
+        if kind == "works":
+            script.write_text(f'#!/bin/sh\ncase "$2" in *version_info*) echo {version};; *) exec {sys.executable} "$@";; esac\n')
+        else:
+            script.write_text("#!/bin/sh\necho 'pyenv: version not installed' >&2\nexit 127\n")
+        script.chmod(0o755)
+    return str(d)
+
+
+def test_make_uses_the_newest_supported_python_that_starts(tmp_path):
+    fake = _fake_bin(tmp_path, {"3.13": "fails", "3.12": "works", "3.11": "works"})
+    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    env["PATH"] = f"{fake}:/nonexistent"
+    make = subprocess.run(["/usr/bin/make", "-n", "-B", "venv", f"VENV={tmp_path / 'v'}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert "python3.12 -m venv" in make.stdout, make.stdout + make.stderr
+    given = subprocess.run(["/usr/bin/make", "-n", "-B", "venv", f"VENV={tmp_path / 'v'}", "PYTHON=python3.11"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert "python3.11 -m venv" in given.stdout
+
+
+def _ci(tmp_path, pythons: dict[str, str]) -> tuple[list[list[str]], str]:
+    """Runs .ci/run with a `make` that only records its arguments; returns the calls and the output."""
+    fake = _fake_bin(tmp_path, pythons)
+    calls = tmp_path / "calls"
+    (tmp_path / "bin" / "make").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    (tmp_path / "bin" / "make").chmod(0o755)
+    home = tmp_path / "home"  # no ~/.pyenv
+    home.mkdir()
+    env = {"PATH": f"{fake}:/usr/bin:/bin", "HOME": str(home)}
+    proc = subprocess.run(["bash", os.path.join(ROOT, ".ci", "run")], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [line.split() for line in calls.read_text().splitlines()], proc.stdout
+
+
+def test_ci_runs_the_suite_on_the_oldest_and_the_newest_python_last_the_oldest(tmp_path):
+    calls, _ = _ci(tmp_path, {"3.13": "works", "3.12": "works", "3.11": "works"})
+    bin_ = tmp_path / "bin"
+    assert calls == [
+        ["test-airflow", f"PYTHON={bin_}/python3.11"],
+        ["test", f"PYTHON={bin_}/python3.13", "VENV=.venv-3.13", "EXTRAS=dev,gcp"],
+        ["test", f"PYTHON={bin_}/python3.11"],
+    ]
+
+
+def test_ci_says_when_no_newer_python_starts(tmp_path):
+    calls, out = _ci(tmp_path, {"3.13": "fails", "3.11": "works"})
+    assert "no Python 3.12 or 3.13 starts on this machine: the suite runs on Python 3.11 only" in out
+    assert [c[0] for c in calls] == ["test-airflow", "test"]
