@@ -55,8 +55,11 @@ endef
 browser:
 	$(call apt_tool,chromium,the browser test will be skipped)
 
+# Test files run in parallel (pytest-xdist), a file to a worker so module fixtures run once;
+# most tests wait on process start-up and model loading, so two workers gain even on two cores.
+TEST_WORKERS ?= auto --maxprocesses 4
 test: $(STAMP) browser
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # Airflow 3.3 supports Python 3.10 to 3.13, which covers every Python the project supports.
 $(AIRFLOW_STAMP): deploy/airflow/requirements.txt

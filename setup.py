@@ -28,7 +28,7 @@ EXTRAS_REQUIRE = {
     # Dataflow: the GCP I/O and runner; `build` packs this project for --setup_file.
     "gcp": ["apache-beam[gcp]==2.77.0", "build==1.6.1"],
     "aws": ["apache-beam[aws]==2.77.0"],
-    "dev": ["pytest==9.2.0", "ruff==0.17.6", "duckdb==2.0.1"],
+    "dev": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.17.6", "duckdb==2.0.1"],
     # Only to read the authors' PyTorch checkpoint (s3d.convert). The CPU build: 2.13.0 is the
     # one this workplace's machines carry on disk; a looser pin would fetch a multi-GB CUDA build.
     "convert": ["torch==2.13.0"],
