@@ -145,7 +145,8 @@ def _fake_bin(tmp_path, pythons: dict[str, str]) -> str:
 
 def test_make_uses_the_newest_supported_python_that_starts(tmp_path):
     fake = _fake_bin(tmp_path, {"3.13": "fails", "3.12": "works", "3.11": "works"})
-    env = {k: v for k, v in os.environ.items() if k != "PYTHON"}
+    # Not PYTHON, nor the variables a calling make passes down (CI runs this suite from make test PYTHON=...).
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHON", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     env["PATH"] = f"{fake}:/nonexistent"
     make = subprocess.run(["/usr/bin/make", "-n", "-B", "venv", f"VENV={tmp_path / 'v'}"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
