@@ -136,5 +136,3 @@ def set_up_console(level: str | None) -> None:
     logging.basicConfig(level=root, format=LOG_FORMAT, force=True)
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if level is None else root)
-    if not verbose:
-        warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)

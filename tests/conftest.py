@@ -13,6 +13,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
+# A newcomer's shell: nothing set that quiets TensorFlow or Python's warnings (for subprocess runs).
+NEWCOMER_ENV_DROPS = ("TF_CPP_MIN_LOG_LEVEL", "S3D_TF_STARTUP_LOGS", "PYTHONWARNINGS")
+
+
+@pytest.fixture(scope="session")
+def newcomer_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in NEWCOMER_ENV_DROPS}
+
 
 @pytest.fixture(scope="session")
 def standin_dir(tmp_path_factory) -> str:

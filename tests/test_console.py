@@ -12,13 +12,8 @@ import pytest
 from s3d.quiet import is_startup_noise
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A newcomer's shell: nothing set that quiets TensorFlow or Python's warnings.
-CLEAN_ENV = {k: v for k, v in os.environ.items()
-             if k not in ("TF_CPP_MIN_LOG_LEVEL", "S3D_TF_STARTUP_LOGS", "PYTHONWARNINGS")}
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=CLEAN_ENV, capture_output=True, text=True,
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
 
 
@@ -27,14 +22,14 @@ def startup_lines(text: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def verbose_job(standin_dir, tmp_path_factory):
+def verbose_job(standin_dir, tmp_path_factory, newcomer_env):
     """pipeline.extract with --log_level info and no terminal, on one video of 2 s (3 clips of 8 frames at 10 fps)."""
     from synthetic.videos import write_video
 
     d = tmp_path_factory.mktemp("console")
     write_video(str(d / "v.mp4"), 20, fps=10, width=64, height=48)
     prefix = str(d / "out")
-    proc = run("pipeline.extract", "--input", str(d / "v.mp4"), "--output_prefix", prefix, "--model", standin_dir,
+    proc = run(newcomer_env, "pipeline.extract", "--input", str(d / "v.mp4"), "--output_prefix", prefix, "--model", standin_dir,
                "--size", "64", "--frames_per_clip", "8", "--log_level", "info")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return prefix, proc
@@ -56,9 +51,9 @@ def test_a_job_without_a_terminal_prints_plain_progress_lines(verbose_job):
     assert "S3D features: 1 videos ok" in proc.stdout
 
 
-def test_search_is_quiet_by_default_and_log_level_brings_the_rest_back(verbose_job, standin_dir):
+def test_search_is_quiet_by_default_and_log_level_brings_the_rest_back(verbose_job, standin_dir, newcomer_env):
     prefix, _ = verbose_job
-    quiet = run("pipeline.search", "--features", prefix, "--query", "a dog")
+    quiet = run(newcomer_env, "pipeline.search", "--features", prefix, "--query", "a dog")
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     assert startup_lines(quiet.stdout + quiet.stderr) == []
     assert "pkg_resources" not in quiet.stderr and "cuInit" not in quiet.stderr
@@ -66,7 +61,7 @@ def test_search_is_quiet_by_default_and_log_level_brings_the_rest_back(verbose_j
     assert "'a dog'" in quiet.stdout
     assert [line.split(" WARNING ", 1)[1] for line in quiet.stderr.splitlines()] == [
         f"s3d.loader: model {standin_dir} is an untrained stand-in: its embeddings carry no meaning"]
-    loud = run("pipeline.search", "--features", prefix, "--query", "a dog", "-v")
+    loud = run(newcomer_env, "pipeline.search", "--features", prefix, "--query", "a dog", "-v")
     assert loud.returncode == 0, loud.stderr[-3000:]
     assert startup_lines(loud.stderr)
     assert loud.stdout == quiet.stdout  # the same results

@@ -157,21 +157,18 @@ def test_on_a_terminal_log_lines_print_above_the_progress_line(tmp_path):
     assert out.getvalue().endswith("| done\n")
 
 
-def test_a_job_on_a_terminal_redraws_its_progress_line(standin_dir, tmp_path):
+def test_a_job_on_a_terminal_redraws_its_progress_line(standin_dir, tmp_path, newcomer_env):
     import pty
 
     from synthetic.videos import write_video
 
     for i in range(4):
         write_video(str(tmp_path / f"v{i:02d}.mp4"), 30, fps=10, width=64, height=48)
-    # A newcomer's shell: nothing set that quiets TensorFlow or Python's warnings.
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("TF_CPP_MIN_LOG_LEVEL", "S3D_TF_STARTUP_LOGS", "PYTHONWARNINGS")}
     master, slave = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.extract", "--input", str(tmp_path / "*.mp4"), "--output_prefix",
          str(tmp_path / "out"), "--model", standin_dir, "--size", "64", "--frames_per_clip", "8"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=slave, text=True)
+        cwd=ROOT, env=newcomer_env, stdout=subprocess.PIPE, stderr=slave, text=True)
     os.close(slave)
     chunks = []
     while True:
