@@ -31,7 +31,8 @@ TABLES = ("texts", "text_failures")
 
 
 def run_metadata(model: ModelOptions) -> dict[str, Any]:
-    return {"job": "embed_text", "model": model.model, "package_version": package_version()}
+    return {"job": "embed_text", "model": model.model, "precision": model.precision,
+            "package_version": package_version()}
 
 
 def build_pipeline(p: beam.Pipeline, opts: IOOptions, model: ModelOptions) -> dict[str, beam.PCollection]:

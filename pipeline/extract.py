@@ -45,6 +45,7 @@ def run_metadata(decode: DecodeOptions, model: ModelOptions) -> dict[str, Any]:
         "job": "extract",
         "model": model.model,
         "preprocessing": decode.preprocessing(),
+        "precision": model.precision,
         "package_version": package_version(),
     }
 
@@ -64,7 +65,7 @@ def build_pipeline(
     if opts.retry_failures:
         retry = ReadFailuresAsInput(opts.retry_failures, opts.split(opts.retry_stages), opts.split(opts.retry_errors))
     inputs = p | "ReadInput" >> ReadVideoRequests(None if retry else io.input, retry=retry)
-    done_files = matching_table_files(opts.split(opts.skip_done), "videos", metadata["model"], metadata["preprocessing"])
+    done_files = matching_table_files(opts.split(opts.skip_done), "videos", metadata)
     todo = inputs["requests"] | "SkipDone" >> SkipDone(done_files)
     _ = todo | "CountToDo" >> CountToDo(progress)
     decoded = (

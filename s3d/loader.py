@@ -77,11 +77,12 @@ class S3DModel:
         handle: what it was loaded from, as given.
         provenance: the export's own description (kind, trained, seed, ...), or
             {"kind": "external"} for the hub module.
+        precision: what the video tower computes in (s3d.precision); inputs and outputs are float32 always.
     """
 
     def __init__(
         self, handle: str, module: Any, provenance: dict[str, Any], vocabulary: dict[str, int] | None = None,
-        path: str | None = None, device: DeviceClaim | None = None,
+        path: str | None = None, device: DeviceClaim | None = None, precision: str = "float32",
     ):
         self.handle = handle
         self.device = device  # the GPU this copy runs on (None: TensorFlow's default placement)
@@ -90,7 +91,16 @@ class S3DModel:
         self._vocabulary = vocabulary
         self._module = module  # keeps the restored variables alive
         self._video = module.signatures["video"]
-        self._text = module.signatures["text"]
+        self._text = module.signatures["text"]  # the text tower stays float32 at every precision
+        self.precision = precision
+        self.lowering = None  # what the precision rewrite did (s3d.precision.LoweringReport), None at float32
+        if precision != "float32":
+            from s3d.precision import lower_video_signature
+
+            with self._placement():
+                lowered, self.lowering = lower_video_signature(self._video, precision)
+            if self.lowering.effective:  # else (float16 without a GPU) the module's own signature, as at float32
+                self._video = lowered
 
     @property
     def trained(self) -> bool | None:
@@ -180,8 +190,27 @@ def _check_path(handle: str) -> None:
         )
 
 
-def load_s3d(handle: str = DEFAULT_HANDLE) -> S3DModel:
+def _report_precision(model: S3DModel) -> None:
+    """Logs what the precision rewrite did, and warns when it cannot help on this machine."""
+    from s3d.precision import cpu_has_native_bfloat16, describe, gpu_compute_capability, hardware_warning
+
+    device = model.device.device if model.device else None
+    warning = hardware_warning(model.precision, device, cpu_has_native_bfloat16(), gpu_compute_capability(device))
+    if warning:
+        log.warning("%s", warning)
+    elif not model.lowering.effective:
+        log.warning("--precision %s changed no op of %s's video tower (is oneDNN off, TF_ENABLE_ONEDNN_OPTS=0?): "
+                    "it runs in float32", model.precision, model.handle)
+    log.info("%s", describe(model.lowering))
+
+
+def load_s3d(handle: str = DEFAULT_HANDLE, precision: str = "float32") -> S3DModel:
     """Loads the model from a TF Hub URL, a local SavedModel directory or a `gs://` path.
+
+    `precision` is what the video tower computes in: float32 (the module as it is),
+    bfloat16 (CPUs with AVX512_BF16 or AMX) or float16 (GPUs with tensor cores); see
+    `s3d.precision`. A precision this machine cannot run natively logs a warning that
+    says what to expect.
 
     On a machine with GPUs the copy claims a GPU of its own (`s3d.devices`), so that
     several copies (Beam's `model_copies`, one per GPU) do not all land on GPU 0.
@@ -189,8 +218,10 @@ def load_s3d(handle: str = DEFAULT_HANDLE) -> S3DModel:
     Raises:
         ModelLoadError: nothing loadable at `handle`, or it lacks the `video`/`text` signatures.
     """
+    from s3d.precision import check_precision
     from s3d.quiet import import_tensorflow, import_tensorflow_hub
 
+    check_precision(precision)
     tf = import_tensorflow()  # without TensorFlow's start-up chatter
     hub = import_tensorflow_hub()
 
@@ -223,7 +254,17 @@ def load_s3d(handle: str = DEFAULT_HANDLE) -> S3DModel:
         )
     if device:
         log.info("model copy from %s on %s", handle, device.device)
-    model = S3DModel(handle, module, _read_provenance(path), _read_vocabulary(path), path, device)
+    try:
+        model = S3DModel(handle, module, _read_provenance(path), _read_vocabulary(path), path, device, precision)
+    except Exception as e:  # the precision rewrite failed on this module's graph
+        if device:
+            device.release()
+        raise ModelLoadError(
+            f"could not run the video tower of {handle!r} in {precision}: {type(e).__name__}: {e}. "
+            "--precision float32 runs the module as it is"
+        ) from e
+    if precision != "float32":
+        _report_precision(model)
     if model.trained is False:
         log.warning("model %s is an untrained stand-in: its embeddings carry no meaning", handle)
     return model

@@ -50,7 +50,7 @@ def other_standin_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_load_per_model():
-    """The model handler of in-process jobs reuses one loaded copy per model handle.
+    """The model handler of in-process jobs reuses one loaded copy per model handle and precision.
 
     Loading the stand-in and optimizing its graph for the first batch take about 2.5 s of a
     small job's 5 s; some twenty jobs run in this process. Each test writes its models to
@@ -62,9 +62,10 @@ def _one_load_per_model():
     load = S3DModelHandler.load_model
 
     def load_once(self):
-        if self._handle not in loaded:
-            loaded[self._handle] = load(self)
-        return loaded[self._handle]
+        key = f"{self._handle}@{self._precision}"
+        if key not in loaded:
+            loaded[key] = load(self)
+        return loaded[key]
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(S3DModelHandler, "load_model", load_once)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -58,7 +59,33 @@ def test_skip_done_decodes_only_new_videos(videos, standin_dir, tmp_path, capsys
     assert {r["uri"] for r in rows(second, "clips")} == {videos[2]}
 
 
-def test_skip_done_uses_only_runs_with_this_model_and_preprocessing(tmp_path, caplog):
+def test_precision_is_recorded_and_skip_done_does_not_mix_precisions(videos, standin_dir, tmp_path):
+    import pyarrow.parquet as pq
+
+    from transforms.tables import METADATA_KEY
+
+    m = manifest(tmp_path / "m.txt", videos[:2])
+    f32, bf16, bf16_again = (str(tmp_path / name) for name in ("f32", "bf16", "bf16_again"))
+    assert extract.main(["--input", m, "--output_prefix", f32, "--model", standin_dir, *FAST]) == 0
+    assert extract.main(["--input", m, "--output_prefix", bf16, "--model", standin_dir, *FAST,
+                         "--precision", "bfloat16", "--skip_done", f32]) == 0
+    summary = read_summary(bf16)
+    assert summary["precision"] == "bfloat16" and read_summary(f32)["precision"] == "float32"
+    assert summary["counters"]["videos_decoded"] == 2  # the float32 run's videos were not skipped
+    for table in ("clips", "videos", "failures"):
+        for path in glob.glob(table_glob(bf16, table)):
+            assert json.loads(pq.read_schema(path).metadata[METADATA_KEY])["precision"] == "bfloat16", path
+    clips32 = {(r["uri"], r["clip_index"]): np.array(r["video_embedding"]) for r in rows(f32, "clips")}
+    clips16 = {(r["uri"], r["clip_index"]): np.array(r["video_embedding"]) for r in rows(bf16, "clips")}
+    assert clips16.keys() == clips32.keys()
+    assert any(not np.array_equal(clips16[k], clips32[k]) for k in clips32)  # it really ran in bfloat16
+    # A later bfloat16 run skips what the bfloat16 run did.
+    assert extract.main(["--input", m, "--output_prefix", bf16_again, "--model", standin_dir, *FAST,
+                         "--precision", "bfloat16", "--skip_done", f"{f32},{bf16}"]) == 0
+    assert read_summary(bf16_again)["counts"]["videos_skipped_done"] == 2
+
+
+def test_skip_done_uses_only_runs_with_this_model_preprocessing_and_precision(tmp_path, caplog):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -68,17 +95,27 @@ def test_skip_done_uses_only_runs_with_this_model_and_preprocessing(tmp_path, ca
     from transforms.tables import VIDEOS_SCHEMA, with_run_metadata
 
     this = DecodeOptions(size=64, frames_per_clip=8, fps=5).preprocessing()
-    runs = {"same": ("m", this), "other_size": ("m", DecodeOptions(size=32, frames_per_clip=8, fps=5).preprocessing()),
-            "other_model": ("n", this)}
-    for name, (model, preprocessing) in runs.items():
+    other_size = DecodeOptions(size=32, frames_per_clip=8, fps=5).preprocessing()
+    runs = {
+        "same": {"model": "m", "preprocessing": this, "precision": "float32"},
+        "before_precision_was_recorded": {"model": "m", "preprocessing": this},  # float32 then
+        "other_size": {"model": "m", "preprocessing": other_size, "precision": "float32"},
+        "other_model": {"model": "n", "preprocessing": this, "precision": "float32"},
+        "bfloat16": {"model": "m", "preprocessing": this, "precision": "bfloat16"},
+    }
+    for name, metadata in runs.items():
         path = f"{table_prefix(str(tmp_path / name), 'videos')}-00000-of-00001.parquet"
         os.makedirs(os.path.dirname(path))
-        schema = with_run_metadata(VIDEOS_SCHEMA, {"model": model, "preprocessing": preprocessing})
-        pq.write_table(pa.Table.from_pylist([], schema=schema), path)
+        pq.write_table(pa.Table.from_pylist([], schema=with_run_metadata(VIDEOS_SCHEMA, metadata)), path)
     prefixes = [str(tmp_path / name) for name in runs]
-    files = matching_table_files(prefixes, "videos", "m", this)
-    assert files == [f"{table_prefix(prefixes[0], 'videos')}-00000-of-00001.parquet"]
-    assert sum("its videos are not skipped" in r.getMessage() for r in caplog.records) == 2
+    this_run = {"job": "extract", "model": "m", "preprocessing": this, "precision": "float32", "package_version": "x"}
+    files = matching_table_files(prefixes, "videos", this_run)
+    assert files == [f"{table_prefix(p, 'videos')}-00000-of-00001.parquet" for p in prefixes[:2]]
+    warnings = [r.getMessage() for r in caplog.records if "its videos are not skipped" in r.getMessage()]
+    assert len(warnings) == 3
+    assert "precision 'bfloat16', this run's 'float32'" in warnings[-1]
+    bf16_files = matching_table_files(prefixes, "videos", {**this_run, "precision": "bfloat16"})
+    assert bf16_files == [f"{table_prefix(prefixes[-1], 'videos')}-00000-of-00001.parquet"]
 
 
 def test_a_failure_retried_after_the_file_is_fixed_ends_up_in_videos(videos, standin_dir, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 
 from pipeline import embed_text, extract, search
 from synthetic.videos import write_video
-from transforms.tables import CLIPS_SCHEMA, METADATA_KEY, with_run_metadata, write_summary
+from transforms.tables import CLIPS_SCHEMA, METADATA_KEY, read_summary, with_run_metadata, write_summary
 
 FAST = ["--size", "64", "--frames_per_clip", "8", "--fps", "5"]
 
@@ -172,6 +173,21 @@ def test_embed_text_job_writes_flagged_rows(standin_dir, standin_model, tmp_path
     assert table.schema.metadata[METADATA_KEY]
     failures = ds.dataset(os.path.join(prefix, "text_failures")).to_table().to_pylist()
     assert [(f["text_id"], f["stage"]) for f in failures] == [("bad", "input")]
+
+
+def test_embed_text_records_its_precision_and_keeps_the_text_tower_float32(standin_dir, standin_model, tmp_path):
+    sentences = tmp_path / "s.txt"
+    sentences.write_text("cut the tomato\nwash the dog\n")
+    prefix = str(tmp_path / "texts_bf16")
+    assert embed_text.main(["--input", str(sentences), "--output_prefix", prefix, "--model", standin_dir,
+                            "--precision", "bfloat16"]) == 0
+    table = ds.dataset(os.path.join(prefix, "texts")).to_table()
+    assert json.loads(table.schema.metadata[METADATA_KEY])["precision"] == "bfloat16"
+    assert read_summary(prefix)["precision"] == "bfloat16"
+    rows = {r["text"]: r["text_embedding"] for r in table.to_pylist()}
+    expected = standin_model.embed_text(["cut the tomato"])[0]
+    # float32 to float32's rounding (batching changes the last bits); bfloat16 would be off by ~1e-2
+    np.testing.assert_allclose(rows["cut the tomato"], expected, rtol=1e-4, atol=1e-5)
 
 
 # ---- the HTML page in a real browser --------------------------------------------------------------

@@ -163,18 +163,21 @@ def test_handler_validates_its_arguments():
     assert handler.share_model_across_processes()
 
 
-def test_shared_model_proxy_calls_public_methods(standin_dir):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_shared_model_proxy_calls_public_methods(standin_dir, precision):
     """With large_model, Beam hands run_inference a cross-process proxy: only public methods work."""
     from apache_beam.utils.multi_process_shared import MultiProcessShared
 
-    handler = S3DModelHandler(standin_dir, large_model=True)
+    handler = S3DModelHandler(standin_dir, large_model=True, precision=precision)
     shared = MultiProcessShared(handler.load_model, tag=f"s3d-test-{id(handler)}", always_proxy=True)
     proxy = shared.acquire()
     try:
         items = [_clip("v", 0, 0)]
-        items[0].clip.frames = np.zeros((16, 32, 32, 3), np.uint8)
+        items[0].clip.frames = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
         rows = list(handler.run_inference(items, proxy))
         assert rows[0]["mixed_5c"].shape == (1024,) and rows[0]["video_embedding"].shape == (512,)
+        direct = handler.load_model().embed_video(items[0].clip.frames)[1][0]
+        np.testing.assert_array_equal(rows[0]["video_embedding"], direct)  # the proxied copy has this precision
     finally:
         shared.release(proxy)
 

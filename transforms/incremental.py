@@ -2,7 +2,7 @@
 
 Both work inside the graph on tables of earlier runs, so they scale with the corpus:
 the earlier `videos` tables are read and joined with the requests by `video_id`.
-Only earlier runs made with the same model and preprocessing count as done.
+Only earlier runs made with the same model, preprocessing and precision count as done.
 """
 
 from __future__ import annotations
@@ -28,17 +28,31 @@ def _file_metadata(path: str) -> dict[str, Any]:
         return read_run_metadata(pq.read_schema(f))
 
 
-def matching_table_files(prefixes: Sequence[str], table: str, model: str, preprocessing: dict) -> list[str]:
-    """Files of `table` under the prefixes made with this model and preprocessing; others are logged and left out."""
+# What makes two runs' features the same; files written before a key existed hold its default.
+IDENTITY_KEYS = {"model": None, "preprocessing": None, "precision": "float32"}
+
+
+def run_identity(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run's metadata that decides whether its features equal another run's."""
+    return {key: metadata.get(key, default) for key, default in IDENTITY_KEYS.items()}
+
+
+def matching_table_files(prefixes: Sequence[str], table: str, metadata: dict[str, Any]) -> list[str]:
+    """Files of `table` under the prefixes made with this run's model, preprocessing and precision.
+
+    Others are logged and left out (their videos are done again).
+    """
+    wanted = run_identity(metadata)
     files = []
     for prefix in prefixes:
         for match in FileSystems.match([table_glob(prefix, table)])[0].metadata_list:
-            meta = _file_metadata(match.path)
-            if meta.get("model") == model and meta.get("preprocessing") == preprocessing:
+            found = run_identity(_file_metadata(match.path))
+            if found == wanted:
                 files.append(match.path)
             else:
-                log.warning("%s was made with model %r / %s, not this run's %r / %s: its videos are not skipped",
-                            match.path, meta.get("model"), meta.get("preprocessing"), model, preprocessing)
+                differ = {k: (found[k], wanted[k]) for k in wanted if found[k] != wanted[k]}
+                log.warning("%s was made with another %s (%s): its videos are not skipped", match.path,
+                            " and ".join(differ), "; ".join(f"{k} {a!r}, this run's {b!r}" for k, (a, b) in differ.items()))
     return files
 
 

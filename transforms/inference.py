@@ -18,6 +18,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
+from s3d.precision import check_precision
 from transforms.progress import ProgressLog
 from transforms.records import NAMESPACE, ClipItem, TextItem
 
@@ -38,6 +39,7 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
         model_copies: exact number of shared copies per machine (e.g. one per GPU).
         expect_gpus: GPUs the job asked for on the workers that run the model; loading
             where TensorFlow sees none logs a warning (the model then runs on the CPU).
+        precision: what the video tower computes in: float32, bfloat16 or float16 (s3d.precision).
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
         model_copies: int | None = None,
         progress: ProgressLog | None = None,
         expect_gpus: int = 0,
+        precision: str = "float32",
     ):
         if task not in ("video", "text"):
             raise ValueError(f"task must be 'video' or 'text', got {task!r}")
@@ -58,6 +61,7 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
             raise ValueError(f"need 1 <= min_batch_size <= max_batch_size, got {min_batch_size} and {max_batch_size}")
         if model_copies is not None and model_copies < 1:
             raise ValueError(f"model_copies must be >= 1, got {model_copies}")
+        check_precision(precision)
         super().__init__(
             min_batch_size=min_batch_size,
             max_batch_size=max_batch_size,
@@ -68,11 +72,13 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
         self._task = task
         self._progress = progress or ProgressLog()
         self._expect_gpus = expect_gpus
+        self._precision = precision
 
     def load_model(self):
         from s3d.loader import load_s3d  # TensorFlow is imported on the worker, not at graph build
 
-        model = load_s3d(self._handle)
+        # The text tower is float32 at every precision: a text job does not lower the video tower.
+        model = load_s3d(self._handle, precision=self._precision if self._task == "video" else "float32")
         if self._expect_gpus and model.device is None:
             log.warning(
                 "%d GPU(s) per worker were asked for (--inference_accelerator or the worker_accelerator service "

@@ -62,6 +62,9 @@ PARAMS = {
                  description="YYYY-MM-DD to process; empty: the day before the run's logical date"),
     "runner": Param("DirectRunner", enum=["DirectRunner", "DataflowRunner"], description="where the job runs"),
     "skip_done": Param("", type="string", description="comma-separated earlier prefixes whose videos are skipped"),
+    "precision": Param("float32", enum=["float32", "bfloat16", "float16"],
+                       description="what the video tower computes in: bfloat16 on CPUs with AVX512_BF16/AMX, "
+                       "float16 on GPU workers (see the README); part of the run's identity for skip_done"),
     "max_failure_rate": Param(0.05, type="number", minimum=0, maximum=1,
                               description="the run fails when more than this share of its videos failed"),
     # Dataflow only:
@@ -89,6 +92,7 @@ PIPELINE_OPTIONS = {
     "output_prefix": OUTPUT_PREFIX,
     "model": "{{ params.model }}",
     "skip_done": "{{ params.skip_done }}",
+    "precision": "{{ params.precision }}",
     "inference_accelerator": "{{ params.inference_accelerator }}",
     "temp_location": "{{ params.temp_location if params.runner == 'DataflowRunner' else '' }}",
     "sdk_container_image": "{{ params.worker_image }}",

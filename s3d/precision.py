@@ -1,0 +1,261 @@
+"""Running the video tower in a lower precision: bfloat16 on CPUs, float16 on GPUs.
+
+`load_s3d(handle, precision=...)` calls `lower_video_signature` here for anything but
+float32. The signature is frozen (its variables become constants) and TensorFlow's
+own mixed-precision graph rewrite (Grappler's auto mixed precision) is run on it once,
+at load:
+
+* bfloat16: the oneDNN rewrite (`auto_mixed_precision_onednn_bfloat16`), for CPUs with
+  AVX512_BF16 or AMX, where convolutions in bfloat16 run on the bfloat16 units;
+* float16: the CUDA rewrite (`auto_mixed_precision`), for GPUs with tensor cores
+  (compute capability 7.0 and up). It rewrites only ops placed on such a GPU.
+
+The rewrite decides, op type by op type, what is safe in the lower precision (its
+allow, infer and deny lists: convolutions and matrix products go down, reductions that
+need range stay up, BatchNorm statistics stay float32). On top of that, this module
+keeps in float32 what a measurement showed to need it (see `keep_float32`). The inputs
+and outputs stay float32, so the Parquet schema does not change.
+
+float32 is not rewritten at all: `load_s3d` keeps the module's signature as it is, and
+its outputs stay bit for bit what they were.
+
+The rewrite works on whatever graph the module has (this project's export, a converted
+checkpoint, the TF Hub module), because it goes by op types and graph structure, not by
+names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("float32", "bfloat16", "float16")
+DEFAULT_PRECISION = "float32"
+
+# Convolutions whose input is the images themselves: kept in float32 (see keep_float32).
+_CONV_OPS = frozenset({"Conv3D", "Conv2D", "DepthwiseConv2dNative"})
+KEEP_DEPTH = 3  # convolutions from the input kept in float32: see keep_float32
+_LOWER_DTYPES = {"bfloat16": 14, "float16": 19}  # DataType enum values: DT_BFLOAT16, DT_HALF
+_REWRITES = {"bfloat16": "auto_mixed_precision_onednn_bfloat16", "float16": "auto_mixed_precision"}
+
+
+def check_precision(precision: str) -> str:
+    """The precision if it is one of PRECISIONS; ValueError naming the bad value otherwise."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    return precision
+
+
+@dataclasses.dataclass(frozen=True)
+class LoweringReport:
+    """What the rewrite did to the video signature's graph."""
+
+    precision: str
+    lowered_ops: int  # ops that now compute in the lower precision
+    float_ops: int  # floating-point ops of the rewritten graph, lowered or not
+    kept_float32: tuple[str, ...]  # ops this module kept in float32 on purpose
+
+    @property
+    def effective(self) -> bool:
+        return self.lowered_ops > 0
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), or None where they cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
+def cpu_has_native_bfloat16(flags: set[str] | None = None) -> bool | None:
+    """True when the CPU has bfloat16 instructions (AVX512_BF16 or AMX-BF16); None when unknown."""
+    flags = cpu_flags() if flags is None else flags
+    if flags is None:
+        return None
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def gpu_compute_capability(device: str | None) -> tuple[int, int] | None:
+    """(major, minor) of the GPU named `device` ('/device:GPU:0'), or None for no GPU or unknown."""
+    if not device:
+        return None
+    import tensorflow as tf
+
+    index = device.rsplit(":", 1)[-1]
+    for gpu in tf.config.list_physical_devices("GPU"):
+        if gpu.name.rsplit(":", 1)[-1] == index:
+            details = tf.config.experimental.get_device_details(gpu)
+            capability = details.get("compute_capability")
+            return tuple(capability) if capability else None
+    return None
+
+
+def hardware_warning(precision: str, gpu_device: str | None, cpu_bf16: bool | None,
+                     gpu_capability: tuple[int, int] | None) -> str | None:
+    """Why `precision` will not run natively on this machine, and what to expect; None when it will.
+
+    Args:
+        gpu_device: the GPU this model copy runs on, or None for the CPU.
+        cpu_bf16: whether the CPU has bfloat16 instructions (None: unknown).
+        gpu_capability: the GPU's compute capability, when there is one.
+    """
+    if precision == "float32":
+        return None
+    if precision == "bfloat16":
+        if gpu_device:
+            return (f"--precision bfloat16 is the CPU precision (TensorFlow's bfloat16 rewrite is for oneDNN on "
+                    f"CPUs); this model copy runs on {gpu_device}, where it stays float32: same speed and features "
+                    "as float32. Use --precision float16 on GPUs")
+        if cpu_bf16 is False:
+            return ("--precision bfloat16 asked for, but this CPU has neither AVX512_BF16 nor AMX: oneDNN emulates "
+                    "bfloat16 with float32 instructions, so expect it slower than float32, with bfloat16's rounding. "
+                    "Use float32 here, or CPUs with bfloat16 units (Intel Sapphire Rapids and later: Dataflow's "
+                    "c3/n4 machine types; AMD Zen 4 and later)")
+        if cpu_bf16 is None:
+            return ("--precision bfloat16 asked for, but this CPU's features cannot be read: if it lacks AVX512_BF16 "
+                    "and AMX, bfloat16 is emulated and slower than float32")
+        return None
+    # float16
+    if not gpu_device:
+        return ("--precision float16 is for GPUs with tensor cores (compute capability 7.0 and up: T4, L4, A100); "
+                "TensorFlow sees no GPU for this model copy, so it runs in float32 on the CPU: same speed and "
+                "features as float32. On CPUs with AVX512_BF16 or AMX use --precision bfloat16")
+    if gpu_capability is not None and gpu_capability < (7, 0):
+        major, minor = gpu_capability
+        return (f"--precision float16 asked for, but {gpu_device} has compute capability {major}.{minor}, below the "
+                "7.0 of tensor cores: TensorFlow's float16 rewrite leaves it in float32 (same speed and features)")
+    return None
+
+
+def _node_inputs(graph_def) -> dict[str, list[str]]:
+    return {n.name: [i.lstrip("^").split(":")[0] for i in n.input] for n in graph_def.node}
+
+
+def _upstream(starts: Iterable[str], inputs: dict[str, list[str]]) -> set[str]:
+    seen: set[str] = set()
+    stack = list(starts)
+    while stack:
+        for name in inputs.get(stack.pop(), ()):
+            if name not in seen:
+                seen.add(name)
+                stack.append(name)
+    return seen
+
+
+def conv_depths(graph_def) -> dict[str, int]:
+    """Each convolution's depth: how many convolutions the longest path from the input passes, itself included."""
+    inputs = _node_inputs(graph_def)
+    convs = [n.name for n in graph_def.node if n.op in _CONV_OPS]
+    upstream = {c: _upstream([c], inputs) & set(convs) for c in convs}
+    depth: dict[str, int] = {}
+    for c in sorted(convs, key=lambda c: len(upstream[c])):  # a conv has more conv ancestors than any ancestor
+        depth[c] = 1 + max((depth[u] for u in upstream[c]), default=0)
+    return depth
+
+
+def keep_float32(graph_def, depth: int = KEEP_DEPTH) -> list[str]:
+    """The ops kept in float32 at any lower precision: the first `depth` convolutions from the images.
+
+    In S3D, depth 1 is conv1 (2x4x4 over the space-to-depth images), 2 adds conv_2b
+    (1x1x1), 3 and 4 add conv_2c's spatial and temporal halves; Mixed_3b starts at 5.
+    Measured with `benchmarks/precision.py` (figures in BENCHMARKS.md) on natural-looking
+    32x224x224 clips fed as uint8: the cosine of `video_embedding` to float32's, how often a
+    text query's top-10 clips agree with float32's, and the speed against float32. With
+    every convolution in bfloat16 the top-10 agreement is about 0.85 and the mean cosine
+    below 0.998; each convolution kept from the input raises both, and each costs speed
+    (conv1 is about a quarter of the FLOPs, each half of conv_2c about a sixth). KEEP_DEPTH
+    is the shallowest depth that meets the bars on every corpus of that table (cosine mean
+    0.998, top-10 agreement 0.9) at 1.5x float32's speed or more. An error made early
+    passes through every later layer, and the images' 256 levels do not fit bfloat16's
+    8-bit significand. Keeping the tail in float32 as well (final pooling, gating, the
+    1024->512 projection) changed the cosine by less than 0.00002 when this was chosen, so
+    the rewrite's own lists decide it.
+    """
+    return [c for c, d in conv_depths(graph_def).items() if d <= depth]
+
+
+def _count_float_ops(graph_def, dtype: int) -> int:
+    return sum(1 for n in graph_def.node if n.op not in ("Const", "Cast") and "T" in n.attr and n.attr["T"].type == dtype)
+
+
+def lower_video_signature(signature, precision: str, keep: Callable[[Any], list[str]] = keep_float32):
+    """The `video` signature rewritten to run in `precision`; returns (callable, LoweringReport).
+
+    The callable takes `images=` (float32 [B, T, H, W, 3]) and returns the same dict of
+    float32 tensors as the signature. `keep` names the ops to leave in float32.
+    """
+    import tensorflow as tf
+    from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config_pb2
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from tensorflow.python.grappler import tf_optimizer
+
+    check_precision(precision)
+    if precision == "float32":
+        raise ValueError("float32 is the module's own signature; there is nothing to lower")
+    frozen = convert_variables_to_constants_v2(signature)
+    graph_def = frozen.graph.as_graph_def()
+    if len(frozen.inputs) != 1:
+        raise ValueError(f"the video signature should take one input (images), it takes {len(frozen.inputs)}")
+    kept = keep(graph_def)
+
+    meta_graph = meta_graph_pb2.MetaGraphDef()
+    meta_graph.graph_def.CopyFrom(graph_def)
+    # Grappler never rewrites the nodes it must preserve (the fetches): the outputs, and
+    # the ops kept in float32. It inserts casts around them.
+    preserve = meta_graph_pb2.CollectionDef()
+    preserve.node_list.value.extend([t.name for t in frozen.outputs] + kept)
+    meta_graph.collection_def["train_op"].CopyFrom(preserve)
+    config = config_pb2.ConfigProto()
+    setattr(config.graph_options.rewrite_options, _REWRITES[precision], rewriter_config_pb2.RewriterConfig.ON)
+    rewritten = tf_optimizer.OptimizeGraph(config, meta_graph)
+
+    report = LoweringReport(
+        precision=precision,
+        lowered_ops=_count_float_ops(rewritten, _LOWER_DTYPES[precision]),
+        float_ops=_count_float_ops(rewritten, 1) + _count_float_ops(rewritten, _LOWER_DTYPES[precision]),
+        kept_float32=tuple(kept),
+    )
+
+    def import_graph():
+        tf.graph_util.import_graph_def(rewritten, name="")
+
+    wrapped = tf.compat.v1.wrap_function(import_graph, [])
+    output_names = tf.nest.pack_sequence_as(signature.structured_outputs, [t.name for t in frozen.outputs],
+                                            expand_composites=False)
+    pruned = wrapped.prune(
+        feeds=[wrapped.graph.get_tensor_by_name(frozen.inputs[0].name)],
+        fetches={key: wrapped.graph.get_tensor_by_name(name) for key, name in output_names.items()},
+    )
+
+    def video(images):
+        return pruned(images)
+
+    video.graph_def = rewritten  # for inspection and tests
+    return video, report
+
+
+def describe(report: LoweringReport) -> str:
+    """One line for the log: what runs in which precision."""
+    kept = ", ".join(report.kept_float32) or "nothing"
+    return (f"video tower in {report.precision}: {report.lowered_ops} of {report.float_ops} float ops lowered; kept "
+            f"in float32 on purpose: {kept}; the text tower stays float32")
+
+
+def op_dtypes(graph_def) -> dict[str, int]:
+    """How many ops of the graph compute in each dtype (by their T attribute): for tests and inspection."""
+    counts: dict[str, int] = defaultdict(int)
+    names = {1: "float32", 14: "bfloat16", 19: "float16"}
+    for n in graph_def.node:
+        if n.op not in ("Const",) and "T" in n.attr:
+            counts[names.get(n.attr["T"].type, "other")] += 1
+    return dict(counts)
