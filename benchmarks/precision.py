@@ -131,7 +131,12 @@ def main() -> None:
     clips = natural_clips(max(args.clips, args.corpus), seed=args.seed)
     outputs = {name: embed(model, clips) for name, model in variants.items()}
     reference = outputs["float32"]
-    result = {"model": args.model, "clips": args.clips, "variants": {}}
+    unit = reference["video_embedding"] / np.linalg.norm(reference["video_embedding"], axis=1, keepdims=True)
+    pairs = (unit @ unit.T)[np.triu_indices(len(unit), 1)]
+    # How different the clips' float32 embeddings are from each other: rounding matters to a
+    # ranking only relative to this spread.
+    result = {"model": args.model, "clips": args.clips, "variants": {},
+              "clip_to_clip_cosine": {"mean": float(pairs.mean()), "min": float(pairs.min())}}
     subset = {name: {k: v[: args.clips] for k, v in out.items()} for name, out in outputs.items()}
     rates = {} if args.no_speed else speeds(variants, clips, args.rounds, args.seconds)
     for name, model in variants.items():
@@ -142,6 +147,15 @@ def main() -> None:
             row["clips_per_s"] = rates[name]
             row["ratio"] = rates[name] / rates["float32"]
         result["variants"][name] = row
+    if rates:  # why the text tower stays float32: its cost next to a clip's
+        text = variants["float32"]
+        sentences = TEXT_QUERIES * 4
+        text.embed_text(sentences)
+        calls, start = 0, time.perf_counter()
+        while calls < 3 or time.perf_counter() - start < 2:
+            text.embed_text(sentences)
+            calls += 1
+        result["text_sentences_per_s"] = calls * len(sentences) / (time.perf_counter() - start)
     if args.corpus:
         lower = list(variants)[1]  # the precision as shipped
         queries = variants["float32"].embed_text(TEXT_QUERIES)

@@ -54,7 +54,7 @@ class ModelOptions(PipelineOptions):
         parser.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION,
                             help="what the video tower computes in (default: float32, the module as it is). "
                             "bfloat16: CPUs with AVX512_BF16 or AMX (Intel Sapphire Rapids and later, AMD Zen 4 and "
-                            "later), 1.7x float32 on Sapphire Rapids, embeddings at cosine 0.998 to float32's; float16: GPUs with "
+                            "later), about 1.5x float32 on Sapphire Rapids, embeddings at cosine 0.998 to float32's; float16: GPUs with "
                             "tensor cores (T4, L4, A100). Elsewhere a warning says what to expect. The text tower "
                             "stays float32. Recorded in the output; --skip_done counts only runs of the same "
                             "precision")

@@ -7,6 +7,7 @@ extra, which `make test` installs).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -88,6 +89,21 @@ def test_gpu_defaults_share_one_model_per_gpu():
     assert not PipelineOptions([]).view_as(ModelOptions).handler("video").share_model_across_processes()
     with pytest.raises(ValueError, match="--inference_accelerator must look like"):
         PipelineOptions(["--inference_accelerator", "t4"]).view_as(ModelOptions).validate_model()
+
+
+def test_bfloat16_with_gpus_is_a_launch_warning_and_the_handler_gets_the_precision(caplog):
+    gpu = PipelineOptions(["--inference_accelerator", ACCELERATOR, "--precision", "bfloat16"]).view_as(ModelOptions)
+    with caplog.at_level(logging.WARNING, logger="pipeline.options"):
+        gpu.validate_model()
+    assert any("bfloat16" in r.getMessage() and "float16 on GPUs" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    cpu = PipelineOptions(["--precision", "bfloat16"]).view_as(ModelOptions)
+    with caplog.at_level(logging.WARNING, logger="pipeline.options"):
+        cpu.validate_model()
+    assert not caplog.records
+    assert cpu.handler("video")._precision == "bfloat16"
+    with pytest.raises(SystemExit):
+        PipelineOptions(["--precision", "fp8"]).view_as(ModelOptions)
 
 
 def test_the_command_line_dry_run_submits_nothing(tmp_path):
