@@ -199,7 +199,16 @@ def lower_video_signature(signature, precision: str, keep: Callable[[Any], list[
     check_precision(precision)
     if precision == "float32":
         raise ValueError("float32 is the module's own signature; there is nothing to lower")
-    frozen = convert_variables_to_constants_v2(signature)
+    # Freeze a fresh trace that calls the signature, not the signature's own graph: a TF1 Hub
+    # module's pruned signature keeps the module's collections, whose table initializer (the
+    # text tower's vocabulary) is not in the video graph, and freezing that graph fails.
+    images_spec = tf.nest.flatten(signature.structured_input_signature)[0]
+
+    @tf.function(input_signature=[tf.TensorSpec(images_spec.shape, tf.float32, name="images")])
+    def call(images):
+        return signature(images=images)
+
+    frozen = convert_variables_to_constants_v2(call.get_concrete_function())
     graph_def = frozen.graph.as_graph_def()
     if len(frozen.inputs) != 1:
         raise ValueError(f"the video signature should take one input (images), it takes {len(frozen.inputs)}")

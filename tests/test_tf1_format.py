@@ -1,0 +1,84 @@
+"""load_s3d and the job on a module in the TF1 Hub format, the format the published module ships in."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+
+from tf1_hub_module import write_tf1_hub_module
+
+
+@pytest.fixture(scope="module")
+def tf1_module(tmp_path_factory):
+    from s3d.network import calibrated_parameters, init_parameters
+    from s3d.vocab import standin_vocabulary
+
+    words = standin_vocabulary()
+    params = calibrated_parameters(init_parameters(len(words), 0), words, 0)  # the stand-in's (seed 0)
+    return write_tf1_hub_module(str(tmp_path_factory.mktemp("tf1") / "module"), params, words)
+
+
+def test_the_module_has_the_tf1_hub_layout(tf1_module):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    assert os.path.exists(os.path.join(tf1_module, "tfhub_module.pb"))
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(tf1_module, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    variants = {tuple(m.meta_info_def.tags) for m in saved.meta_graphs}
+    assert variants == {(), ("train",)}
+    for meta in saved.meta_graphs:
+        assert set(meta.signature_def) == {"video", "text"}
+        assert set(meta.signature_def["video"].inputs) == {"images"}
+        assert set(meta.signature_def["text"].inputs) == {"words"}
+
+
+def test_load_s3d_uses_the_inference_variant_and_matches_the_tf2_export(tf1_module, standin_model):
+    from s3d.loader import load_s3d
+
+    model = load_s3d(tf1_module)
+    assert model.provenance["kind"] == "external"
+    clip = np.random.default_rng(3).integers(0, 256, (2, 16, 64, 64, 3), dtype=np.uint8)
+    mixed, emb = model.embed_video(clip)
+    ref_mixed, ref_emb = standin_model.embed_video(clip)  # the same parameters, exported for TF2
+    np.testing.assert_allclose(mixed, ref_mixed, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(emb, ref_emb, rtol=1e-4, atol=1e-4)
+    sentences = ["cut the tomato", "a dog runs on the beach"]
+    np.testing.assert_allclose(model.embed_text(sentences), standin_model.embed_text(sentences), rtol=1e-5, atol=1e-5)
+    assert model.known_words(sentences) == [None, None]  # the vocabulary is inside the graph only
+
+
+def test_the_train_variant_uses_batch_statistics(tf1_module):
+    from s3d.quiet import import_tensorflow, import_tensorflow_hub
+
+    tf = import_tensorflow()
+    hub = import_tensorflow_hub()
+    images = tf.constant(np.random.default_rng(4).uniform(0, 1, (2, 8, 32, 32, 3)).astype(np.float32))
+    inference = hub.load(tf1_module).signatures["video"](images=images)["video_embedding"].numpy()
+    train = hub.load(tf1_module, tags={"train"}).signatures["video"](images=images)["video_embedding"].numpy()
+    assert not np.allclose(train, inference, atol=1e-3)
+
+
+def test_a_lower_precision_works_on_the_tf1_module(tf1_module):
+    from s3d.loader import load_s3d
+
+    model = load_s3d(tf1_module, precision="bfloat16")
+    assert model.lowering.effective and len(model.lowering.kept_float32) == 3
+    mixed, emb = model.embed_video(np.zeros((1, 8, 32, 32, 3), np.uint8))
+    assert mixed.shape == (1, 1024) and emb.shape == (1, 512)
+
+
+def test_the_job_runs_on_the_tf1_module(tf1_module, tmp_path):
+    from pipeline import extract
+    from synthetic.videos import write_video
+
+    video = write_video(str(tmp_path / "v.mp4"), 20, fps=10, width=64, height=48)
+    prefix = str(tmp_path / "out")
+    assert extract.main(["--input", video, "--output_prefix", prefix, "--model", tf1_module,
+                         "--size", "64", "--frames_per_clip", "8", "--fps", "5"]) == 0
+    rows = ds.dataset(glob.glob(os.path.join(prefix, "clips", "*.parquet")), format="parquet").to_table().to_pylist()
+    assert rows and all(len(r["video_embedding"]) == 512 and len(r["mixed_5c"]) == 1024 for r in rows)
