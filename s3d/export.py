@@ -42,14 +42,12 @@ def save_model(
     """Writes the SavedModel and its provenance file; returns the provenance as written."""
     import tensorflow as tf
 
-    from s3d.network import S3DNetwork, signatures
+    from s3d.network import S3DNetwork, reusable, signatures
 
     network = S3DNetwork(params, vocabulary)
-    # Not a signature (the hub module has exactly two), but handy for checks: mixed_5c -> embedding.
-    network.video_head_fn = tf.function(
-        network.video_head, input_signature=[tf.TensorSpec([None, 1024], tf.float32, name="mixed_5c")]
-    )
-    tf.saved_model.save(network, output, signatures=signatures(network))
+    # The signatures are the hub module's two, in inference mode; the saved object itself
+    # follows TF Hub's Reusable SavedModel API, so the export can be fine-tuned (s3d.network.reusable).
+    tf.saved_model.save(reusable(network), output, signatures=signatures(network))
     vocab_digest = hashlib.sha256("\n".join(vocabulary).encode("utf-8")).hexdigest()
     provenance = {
         "model": "S3D-G MIL-NCE (deepmind/mil-nce/s3d/1 interface)",

@@ -15,15 +15,52 @@ import numpy as np
 from s3d.quiet import add_log_level_arguments, set_up_console
 
 
+_STATISTICS = ("running_mean", "running_var", "moving_mean", "moving_variance")
+
+
 def parameter_count(model) -> int:
-    """Learned parameters in the SavedModel's checkpoint: every variable but BatchNorm statistics."""
+    """Learned parameters: every variable but BatchNorm statistics, by the variables' own names.
+
+    Read from the loaded object's `variables` (and its text tower's) where it has them (this
+    project's exports, TF1 Hub modules), else from the SavedModel's checkpoint keys.
+    """
     import os
 
     import tensorflow as tf
 
-    skip = ("running_mean", "running_var", "moving_mean", "moving_variance", "_CHECKPOINTABLE_OBJECT_GRAPH")
-    variables = tf.train.list_variables(os.path.join(model.path, "variables", "variables"))
-    return sum(int(np.prod(shape)) for name, shape in variables if not any(s in name for s in skip))
+    module = model._module
+    variables = list(getattr(module, "variables", None) or [])
+    text = getattr(module, "text", None)
+    variables += list(getattr(text, "variables", None) or [])
+    if variables:
+        unique = {id(v): v for v in variables}.values()
+        return sum(int(np.prod(v.shape)) for v in unique if not any(s in v.name for s in _STATISTICS))
+    skip = (*_STATISTICS, "_CHECKPOINTABLE_OBJECT_GRAPH")
+    listed = tf.train.list_variables(os.path.join(model.path, "variables", "variables"))
+    return sum(int(np.prod(shape)) for name, shape in listed if not any(s in name for s in skip))
+
+
+def variable_counts(model) -> dict:
+    """Trainable and non-trainable variables (and their values) of the video and text towers.
+
+    From TF Hub's Reusable SavedModel attributes (`variables`, `trainable_variables`, and
+    `text` for this project's exports); a module without them (a SavedModel of signatures
+    only) is reported as not fine-tunable.
+    """
+    towers = {"video": model._module, "text": getattr(model._module, "text", None)}
+    counts: dict = {}
+    for name, tower in towers.items():
+        if tower is None or not hasattr(tower, "trainable_variables") or not hasattr(tower, "variables"):
+            continue
+        trainable = {id(v) for v in tower.trainable_variables}
+        counts[name] = {
+            "trainable_variables": len(trainable),
+            "non_trainable_variables": sum(id(v) not in trainable for v in tower.variables),
+            "trainable_parameters": sum(int(np.prod(v.shape)) for v in tower.trainable_variables),
+        }
+    if not counts:
+        return {"fine_tunable": False}
+    return {"fine_tunable": "video" in counts, **counts}
 
 
 def describe(model) -> dict:
@@ -39,6 +76,7 @@ def describe(model) -> dict:
         "signatures": sigs,
         "provenance": model.provenance,
         "parameters": parameter_count(model),
+        "variables": variable_counts(model),
     }
 
 

@@ -20,6 +20,7 @@ from s3d.architecture import (
     conv_stages,
     inception_convs,
     inception_gatings,
+    is_trainable,
     parameter_layout,
 )
 from s3d.quiet import import_tensorflow
@@ -134,7 +135,10 @@ class S3DNetwork(tf.Module):
         for key, shape in expected.items():
             if tuple(params[key].shape) != shape:
                 raise ValueError(f"parameter {key} has shape {tuple(params[key].shape)}, expected {shape}")
-        self.params = {k: tf.Variable(params[k], trainable=False, name=k.replace(".", "/")) for k in expected}
+        # Weights, BatchNorm scales and offsets are trainable; BatchNorm's running statistics are not.
+        self.params = {
+            k: tf.Variable(params[k], trainable=is_trainable(k), name=k.replace(".", "/")) for k in expected
+        }
         mapping = word_to_token(vocabulary)
         self.vocab_table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(
@@ -158,19 +162,27 @@ class S3DNetwork(tf.Module):
         finally:
             self._calibrating = False
 
-    def _stconv(self, x: tf.Tensor, conv: STConv) -> tf.Tensor:
+    def _stconv(self, x: tf.Tensor, conv: STConv, training: bool = False) -> tf.Tensor:
         for stage, *_ in conv_stages(conv):
             p = self.params
             bn = f"{conv.name}.bn{stage}"
+            weight = p[f"{conv.name}.conv{stage}.weight"]
+            if training:
+                # BatchNorm in training mode (the published module's "train" graph): the batch's
+                # own statistics; the running statistics are left as they are.
+                z = conv3d_same(x, weight)
+                mean, var = tf.nn.moments(z, axes=[0, 1, 2, 3])
+                x = tf.nn.relu((z - mean) * tf.math.rsqrt(var + BN_EPSILON) * p[f"{bn}.weight"] + p[f"{bn}.bias"])
+                continue
             if getattr(self, "_calibrating", False):
-                z = conv3d_same(x, p[f"{conv.name}.conv{stage}.weight"])
+                z = conv3d_same(x, weight)
                 mean, var = tf.nn.moments(z, axes=[0, 1, 2, 3])
                 p[f"{bn}.running_mean"].assign(mean)
                 p[f"{bn}.running_var"].assign(var)
             scale = p[f"{bn}.weight"] * tf.math.rsqrt(p[f"{bn}.running_var"] + BN_EPSILON)
             shift = p[f"{bn}.bias"] - p[f"{bn}.running_mean"] * scale
             # BatchNorm in inference mode folded into the kernel: one multiply on the weights.
-            x = tf.nn.relu(conv3d_same(x, p[f"{conv.name}.conv{stage}.weight"] * scale) + shift)
+            x = tf.nn.relu(conv3d_same(x, weight * scale) + shift)
         return x
 
     def _gating(self, x: tf.Tensor, gating: Gating) -> tf.Tensor:
@@ -178,17 +190,21 @@ class S3DNetwork(tf.Module):
         weights = tf.sigmoid(tf.matmul(pooled, self.params[f"{gating.name}.fc.weight"]) + self.params[f"{gating.name}.fc.bias"])
         return x * weights[:, None, None, None, :]
 
-    def _inception(self, x: tf.Tensor, block: Inception) -> tf.Tensor:
+    def _inception(self, x: tf.Tensor, block: Inception, training: bool = False) -> tf.Tensor:
         b0, b1a, b1b, b2a, b2b, b3b = inception_convs(block)
         g0, g1, g2, g3 = inception_gatings(block)
-        branch0 = self._gating(self._stconv(x, b0), g0)
-        branch1 = self._gating(self._stconv(self._stconv(x, b1a), b1b), g1)
-        branch2 = self._gating(self._stconv(self._stconv(x, b2a), b2b), g2)
-        branch3 = self._gating(self._stconv(max_pool_same(x, (3, 3, 3), (1, 1, 1)), b3b), g3)
+        t = training
+        branch0 = self._gating(self._stconv(x, b0, t), g0)
+        branch1 = self._gating(self._stconv(self._stconv(x, b1a, t), b1b, t), g1)
+        branch2 = self._gating(self._stconv(self._stconv(x, b2a, t), b2b, t), g2)
+        branch3 = self._gating(self._stconv(max_pool_same(x, (3, 3, 3), (1, 1, 1)), b3b, t), g3)
         return tf.concat([branch0, branch1, branch2, branch3], axis=-1)
 
-    def embed_video(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        """images float32 [B, T, H, W, 3] in [0, 1], T/H/W even -> video_embedding, mixed_5c."""
+    def embed_video(self, images: tf.Tensor, training: bool = False) -> dict[str, tf.Tensor]:
+        """images float32 [B, T, H, W, 3] in [0, 1], T/H/W even -> video_embedding, mixed_5c.
+
+        `training=True` runs BatchNorm on the batch's statistics (for fine-tuning).
+        """
         dims = tf.shape(images)[1:4]
         tf.debugging.assert_equal(
             tf.math.floormod(dims, 2),
@@ -198,13 +214,13 @@ class S3DNetwork(tf.Module):
         x = space_to_depth(images)
         for layer in VIDEO_LAYERS:
             if isinstance(layer, STConv):
-                x = self._stconv(x, layer)
+                x = self._stconv(x, layer, training)
             elif isinstance(layer, MaxPool):
                 x = max_pool_same(x, layer.kernel, layer.stride)
             elif isinstance(layer, Gating):
                 x = self._gating(x, layer)
             else:
-                x = self._inception(x, layer)
+                x = self._inception(x, layer, training)
         mixed_5c = tf.reduce_mean(x, axis=[1, 2, 3])
         return {"video_embedding": self.video_head(mixed_5c), "mixed_5c": mixed_5c}
 
@@ -242,3 +258,52 @@ def signatures(network: S3DNetwork) -> dict[str, tf.types.experimental.ConcreteF
         return network.embed_text(words)
 
     return {"video": video.get_concrete_function(), "text": text.get_concrete_function()}
+
+
+class _Reusable(tf.__internal__.tracking.AutoTrackable):
+    """An object with TF Hub's Reusable SavedModel attributes (set by `reusable`)."""
+
+
+def _tower_variables(network: S3DNetwork, text: bool) -> list[tf.Variable]:
+    return [v for k, v in network.params.items() if k.startswith("text_module.") == text]
+
+
+def reusable(network: S3DNetwork) -> _Reusable:
+    """The object to save: TF Hub's Reusable SavedModel API over the video tower, the text tower beside it.
+
+    - `obj(images, training=False)` -> the `video` signature's dict; `training=True` runs
+      BatchNorm on the batch's statistics, like the published module's "train" graph;
+    - `obj.variables`, `obj.trainable_variables` (convolutions, BatchNorm scales and offsets,
+      gating and the head; not the running statistics), `obj.regularization_losses` (none);
+    - `obj.text`: the same for the text tower, `obj.text(words)` -> {"text_embedding": ...};
+    - `obj.video_head_fn(mixed_5c)` -> video_embedding (for checks).
+    So `hub.KerasLayer(path, trainable=True, output_key="video_embedding")` fine-tunes it.
+    """
+    root = _Reusable()
+    root.network = network
+
+    @tf.function
+    def video(images, training=False):
+        return network.embed_video(images, training=training)
+
+    @tf.function
+    def text(words, training=False):
+        del training  # no BatchNorm or dropout in the text tower
+        return network.embed_text(words)
+
+    for training in (False, True):  # both traces are saved; a Python bool picks one after loading
+        video.get_concrete_function(VIDEO_INPUT_SPEC, training=training)
+        text.get_concrete_function(TEXT_INPUT_SPEC, training=training)
+    root.__call__ = video
+    root.variables = _tower_variables(network, text=False)
+    root.trainable_variables = [v for v in root.variables if v.trainable]
+    root.regularization_losses = []
+    root.text = _Reusable()
+    root.text.__call__ = text
+    root.text.variables = _tower_variables(network, text=True)
+    root.text.trainable_variables = list(root.text.variables)
+    root.text.regularization_losses = []
+    root.video_head_fn = tf.function(
+        network.video_head, input_signature=[tf.TensorSpec([None, 1024], tf.float32, name="mixed_5c")]
+    )
+    return root

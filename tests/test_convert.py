@@ -91,6 +91,20 @@ def test_inspect_prints_signatures_provenance_and_parameters(reference, capsys):
     assert report["provenance"]["kind"] == "converted"
     learned = sum(p.numel() for p in reference["model"].parameters())
     assert report["parameters"] == learned
+    counts = report["variables"]
+    assert counts["fine_tunable"]
+    assert counts["video"]["trainable_parameters"] + counts["text"]["trainable_parameters"] == learned, counts
+    bn_count = sum(1 for k in reference["model"].state_dict() if k.endswith("running_mean"))
+    assert counts["video"]["non_trainable_variables"] == 2 * bn_count  # running means and variances
+    assert counts["text"]["non_trainable_variables"] == 0
+
+
+def test_a_converted_checkpoint_is_fine_tunable(reference):
+    from test_reusable import fine_tune_one_step
+
+    result = fine_tune_one_step(reference["output"])
+    assert result["conv_grads"] and all(float(np.abs(g.numpy()).max()) > 0 for g in result["conv_grads"])
+    assert not np.allclose(result["before"], result["after"])
 
 
 def test_strictness_names_the_bad_tensor(reference):
