@@ -14,7 +14,6 @@ import numpy as np
 
 from s3d.quiet import add_log_level_arguments, set_up_console
 
-
 _STATISTICS = ("running_mean", "running_var", "moving_mean", "moving_variance")
 
 

@@ -60,9 +60,9 @@ def fine_tune_one_step(path: str) -> dict:
     with tf.GradientTape() as tape:
         loss = loss_fn(labels, model(images, training=True))
     grads = tape.gradient(loss, model.trainable_variables)
-    tf_keras.optimizers.SGD(0.1).apply_gradients(zip(grads, model.trainable_variables))
+    tf_keras.optimizers.SGD(0.1).apply_gradients(zip(grads, model.trainable_variables, strict=True))
     after = layer(images, training=False).numpy()
-    conv_grads = [g for g, v in zip(grads, model.trainable_variables) if "conv" in v.name and "weight" in v.name]
+    conv_grads = [g for g, v in zip(grads, model.trainable_variables, strict=True) if "conv" in v.name and "weight" in v.name]
     return {"before": before, "after": after, "conv_grads": conv_grads, "trainable": layer.trainable_weights,
             "non_trainable": layer.non_trainable_weights}
 
@@ -105,7 +105,7 @@ def test_the_linear_probe_example_separates_two_scene_kinds(standin_dir, tmp_pat
             uris.append(uri)
             labels[f"{kind}{seed}"] = kind
     manifest = tmp_path / "m.csv"
-    manifest.write_text("video_id,uri\n" + "".join(f"{v},{u}\n" for v, u in zip(labels, uris)))
+    manifest.write_text("video_id,uri\n" + "".join(f"{v},{u}\n" for v, u in zip(labels, uris, strict=True)))
     prefix = str(tmp_path / "run")
     assert extract.main(["--input", str(manifest), "--output_prefix", prefix, "--model", standin_dir,
                          "--size", "96", "--frames_per_clip", "8", "--fps", "10"]) == 0

@@ -8,7 +8,6 @@ import os
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
-
 from tf1_hub_module import write_tf1_hub_module
 
 
