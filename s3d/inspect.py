@@ -17,6 +17,13 @@ from s3d.quiet import add_log_level_arguments, set_up_console
 _STATISTICS = ("running_mean", "running_var", "moving_mean", "moving_variance")
 
 
+def _towers(model) -> dict:
+    """The towers with Reusable SavedModel attributes: the module itself (video) and `module.text`."""
+    towers = {"video": model._module, "text": getattr(model._module, "text", None)}
+    return {name: t for name, t in towers.items()
+            if t is not None and hasattr(t, "variables") and hasattr(t, "trainable_variables")}
+
+
 def parameter_count(model) -> int:
     """Learned parameters: every variable but BatchNorm statistics, by the variables' own names.
 
@@ -27,10 +34,7 @@ def parameter_count(model) -> int:
 
     import tensorflow as tf
 
-    module = model._module
-    variables = list(getattr(module, "variables", None) or [])
-    text = getattr(module, "text", None)
-    variables += list(getattr(text, "variables", None) or [])
+    variables = [v for tower in _towers(model).values() for v in tower.variables]
     if variables:
         unique = {id(v): v for v in variables}.values()
         return sum(int(np.prod(v.shape)) for v in unique if not any(s in v.name for s in _STATISTICS))
@@ -46,11 +50,8 @@ def variable_counts(model) -> dict:
     `text` for this project's exports); a module without them (a SavedModel of signatures
     only) is reported as not fine-tunable.
     """
-    towers = {"video": model._module, "text": getattr(model._module, "text", None)}
     counts: dict = {}
-    for name, tower in towers.items():
-        if tower is None or not hasattr(tower, "trainable_variables") or not hasattr(tower, "variables"):
-            continue
+    for name, tower in _towers(model).items():
         trainable = {id(v) for v in tower.trainable_variables}
         counts[name] = {
             "trainable_variables": len(trainable),

@@ -204,6 +204,32 @@ def _report_precision(model: S3DModel) -> None:
     log.info("%s", describe(model.lowering))
 
 
+def _load_module(handle: str, device: DeviceClaim | None) -> tuple[str, Any]:
+    """(where hub resolved the handle to, the loaded module with `video` and `text` signatures)."""
+    from s3d.quiet import import_tensorflow, import_tensorflow_hub
+
+    tf = import_tensorflow()  # without TensorFlow's start-up chatter
+    hub = import_tensorflow_hub()
+    try:
+        path = hub.resolve(handle)
+        with tf.device(device.device) if device else contextlib.nullcontext():  # variables on this copy's GPU
+            module = hub.load(path)
+    except Exception as e:  # hub and TF raise many unrelated types for a bad handle; all mean "cannot load"
+        hint = (
+            "The machine may be offline or the hub unreachable: download the module elsewhere and point "
+            "--model at its directory, or set TFHUB_CACHE_DIR to a cache that already holds it."
+            if _is_remote(handle)
+            else "Is it a SavedModel directory (with saved_model.pb)?"
+        )
+        raise ModelLoadError(f"could not load the S3D model from {handle!r}: {type(e).__name__}: {e}. {hint}") from e
+    names = sorted(getattr(module, "signatures", {}).keys())
+    if "video" not in names or "text" not in names:
+        raise ModelLoadError(
+            f"{handle!r} is not an S3D MIL-NCE module: it has signatures {names}, expected 'video' and 'text'"
+        )
+    return path, module
+
+
 def load_s3d(handle: str = DEFAULT_HANDLE, precision: str = "float32") -> S3DModel:
     """Loads the model from a TF Hub URL, a local SavedModel directory or a `gs://` path.
 
@@ -216,15 +242,12 @@ def load_s3d(handle: str = DEFAULT_HANDLE, precision: str = "float32") -> S3DMod
     several copies (Beam's `model_copies`, one per GPU) do not all land on GPU 0.
 
     Raises:
-        ModelLoadError: nothing loadable at `handle`, or it lacks the `video`/`text` signatures.
+        ModelLoadError: nothing loadable at `handle`, it lacks the `video`/`text` signatures,
+            or its video tower cannot run in `precision`.
     """
     from s3d.precision import check_precision
-    from s3d.quiet import import_tensorflow, import_tensorflow_hub
 
     check_precision(precision)
-    tf = import_tensorflow()  # without TensorFlow's start-up chatter
-    hub = import_tensorflow_hub()
-
     if not handle:
         raise ModelLoadError("no model handle given: pass a TF Hub URL or a SavedModel directory")
     configure_gpus()
@@ -232,37 +255,21 @@ def load_s3d(handle: str = DEFAULT_HANDLE, precision: str = "float32") -> S3DMod
         _check_path(handle)
     device = claim_gpu(visible_gpus())
     try:
-        path = hub.resolve(handle)
-        with tf.device(device.device) if device else contextlib.nullcontext():  # variables on this copy's GPU
-            module = hub.load(path)
-    except Exception as e:  # hub and TF raise many unrelated types for a bad handle; all mean "cannot load"
-        if device:
+        path, module = _load_module(handle, device)
+        provenance, vocabulary = _read_provenance(path), _read_vocabulary(path)
+        try:
+            model = S3DModel(handle, module, provenance, vocabulary, path, device, precision)
+        except Exception as e:  # the precision rewrite failed on this module's graph
+            raise ModelLoadError(
+                f"could not run the video tower of {handle!r} in {precision}: {type(e).__name__}: {e}. "
+                "--precision float32 runs the module as it is"
+            ) from e
+    except BaseException:
+        if device:  # a copy that did not load gives its GPU back
             device.release()
-        hint = (
-            "The machine may be offline or the hub unreachable: download the module elsewhere and point "
-            "--model at its directory, or set TFHUB_CACHE_DIR to a cache that already holds it."
-            if _is_remote(handle)
-            else "Is it a SavedModel directory (with saved_model.pb)?"
-        )
-        raise ModelLoadError(f"could not load the S3D model from {handle!r}: {type(e).__name__}: {e}. {hint}") from e
-    names = sorted(getattr(module, "signatures", {}).keys())
-    if "video" not in names or "text" not in names:
-        if device:
-            device.release()
-        raise ModelLoadError(
-            f"{handle!r} is not an S3D MIL-NCE module: it has signatures {names}, expected 'video' and 'text'"
-        )
+        raise
     if device:
         log.info("model copy from %s on %s", handle, device.device)
-    try:
-        model = S3DModel(handle, module, _read_provenance(path), _read_vocabulary(path), path, device, precision)
-    except Exception as e:  # the precision rewrite failed on this module's graph
-        if device:
-            device.release()
-        raise ModelLoadError(
-            f"could not run the video tower of {handle!r} in {precision}: {type(e).__name__}: {e}. "
-            "--precision float32 runs the module as it is"
-        ) from e
     if precision != "float32":
         _report_precision(model)
     if model.trained is False:

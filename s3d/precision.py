@@ -37,7 +37,7 @@ DEFAULT_PRECISION = "float32"
 # The op types keep_float32 counts as convolutions.
 _CONV_OPS = frozenset({"Conv3D", "Conv2D", "DepthwiseConv2dNative"})
 KEEP_DEPTH = 3  # convolutions from the input kept in float32: see keep_float32
-_LOWER_DTYPES = {"bfloat16": 14, "float16": 19}  # DataType enum values: DT_BFLOAT16, DT_HALF
+_DTYPE_NAMES = {1: "float32", 14: "bfloat16", 19: "float16"}  # DataType enum values: DT_FLOAT, DT_BFLOAT16, DT_HALF
 _REWRITES = {"bfloat16": "auto_mixed_precision_onednn_bfloat16", "float16": "auto_mixed_precision"}
 
 
@@ -181,24 +181,11 @@ def keep_float32(graph_def, depth: int = KEEP_DEPTH) -> list[str]:
     return [c for c, d in conv_depths(graph_def).items() if d <= depth]
 
 
-def _count_float_ops(graph_def, dtype: int) -> int:
-    return sum(1 for n in graph_def.node if n.op not in ("Const", "Cast") and "T" in n.attr and n.attr["T"].type == dtype)
-
-
-def lower_video_signature(signature, precision: str, keep: Callable[[Any], list[str]] = keep_float32):
-    """The `video` signature rewritten to run in `precision`; returns (callable, LoweringReport).
-
-    The callable takes `images=` (float32 [B, T, H, W, 3]) and returns the same dict of
-    float32 tensors as the signature. `keep` names the ops to leave in float32.
-    """
+def _freeze(signature):
+    """The video signature with its variables as constants: (frozen ConcreteFunction, its GraphDef)."""
     import tensorflow as tf
-    from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config_pb2
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-    from tensorflow.python.grappler import tf_optimizer
 
-    check_precision(precision)
-    if precision == "float32":
-        raise ValueError("float32 is the module's own signature; there is nothing to lower")
     # Freeze a fresh trace that calls the signature, not the signature's own graph: a TF1 Hub
     # module's pruned signature keeps the module's collections, whose table initializer (the
     # text tower's vocabulary) is not in the video graph, and freezing that graph fails.
@@ -209,47 +196,70 @@ def lower_video_signature(signature, precision: str, keep: Callable[[Any], list[
         return signature(images=images)
 
     frozen = convert_variables_to_constants_v2(call.get_concrete_function())
-    graph_def = frozen.graph.as_graph_def()
     if len(frozen.inputs) != 1:
         raise ValueError(f"the video signature should take one input (images), it takes {len(frozen.inputs)}")
-    kept = keep(graph_def)
+    return frozen, frozen.graph.as_graph_def()
+
+
+def _rewrite(graph_def, preserve: list[str], precision: str):
+    """Grappler's mixed-precision rewrite of `graph_def`, leaving the `preserve` nodes as they are."""
+    from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config_pb2
+    from tensorflow.python.grappler import tf_optimizer
 
     meta_graph = meta_graph_pb2.MetaGraphDef()
     meta_graph.graph_def.CopyFrom(graph_def)
-    # Grappler never rewrites the nodes it must preserve (the fetches): the outputs, and
-    # the ops kept in float32. It inserts casts around them.
-    preserve = meta_graph_pb2.CollectionDef()
-    preserve.node_list.value.extend([t.name for t in frozen.outputs] + kept)
-    meta_graph.collection_def["train_op"].CopyFrom(preserve)
+    # Grappler never rewrites the nodes it must preserve (the fetches); it inserts casts around them.
+    fetches = meta_graph_pb2.CollectionDef()
+    fetches.node_list.value.extend(preserve)
+    meta_graph.collection_def["train_op"].CopyFrom(fetches)
     config = config_pb2.ConfigProto()
     setattr(config.graph_options.rewrite_options, _REWRITES[precision], rewriter_config_pb2.RewriterConfig.ON)
     # With Grappler's default pipeline around it (as measured in BENCHMARKS.md). Freezing and
     # rewriting cost a worker about 10 s and 0.9 GB of peak memory at load, once.
-    rewritten = tf_optimizer.OptimizeGraph(config, meta_graph)
+    return tf_optimizer.OptimizeGraph(config, meta_graph)
 
-    report = LoweringReport(
-        precision=precision,
-        lowered_ops=_count_float_ops(rewritten, _LOWER_DTYPES[precision]),
-        float_ops=_count_float_ops(rewritten, 1) + _count_float_ops(rewritten, _LOWER_DTYPES[precision]),
-        kept_float32=tuple(kept),
-    )
+
+def _callable(graph_def, frozen, structured_outputs):
+    """`images` -> the signature's dict, computed by `graph_def` (whose nodes are named like `frozen`'s)."""
+    import tensorflow as tf
 
     def import_graph():
-        tf.graph_util.import_graph_def(rewritten, name="")
+        tf.graph_util.import_graph_def(graph_def, name="")
 
     wrapped = tf.compat.v1.wrap_function(import_graph, [])
-    output_names = tf.nest.pack_sequence_as(signature.structured_outputs, [t.name for t in frozen.outputs],
-                                            expand_composites=False)
+    names = tf.nest.pack_sequence_as(structured_outputs, [t.name for t in frozen.outputs], expand_composites=False)
     pruned = wrapped.prune(
         feeds=[wrapped.graph.get_tensor_by_name(frozen.inputs[0].name)],
-        fetches={key: wrapped.graph.get_tensor_by_name(name) for key, name in output_names.items()},
+        fetches={key: wrapped.graph.get_tensor_by_name(name) for key, name in names.items()},
     )
 
     def video(images):
         return pruned(images)
 
-    video.graph_def = rewritten  # for inspection and tests
-    return video, report
+    video.graph_def = graph_def  # for inspection and tests
+    return video
+
+
+def lower_video_signature(signature, precision: str, keep: Callable[[Any], list[str]] = keep_float32):
+    """The `video` signature rewritten to run in `precision`; returns (callable, LoweringReport).
+
+    The callable takes `images=` (float32 [B, T, H, W, 3]) and returns the same dict of
+    float32 tensors as the signature. `keep` names the ops to leave in float32.
+    """
+    check_precision(precision)
+    if precision == "float32":
+        raise ValueError("float32 is the module's own signature; there is nothing to lower")
+    frozen, graph_def = _freeze(signature)
+    kept = keep(graph_def)
+    rewritten = _rewrite(graph_def, [t.name for t in frozen.outputs] + kept, precision)
+    dtypes = op_dtypes(rewritten)
+    report = LoweringReport(
+        precision=precision,
+        lowered_ops=dtypes.get(precision, 0),
+        float_ops=dtypes.get("float32", 0) + dtypes.get(precision, 0),
+        kept_float32=tuple(kept),
+    )
+    return _callable(rewritten, frozen, signature.structured_outputs), report
 
 
 def describe(report: LoweringReport) -> str:
@@ -262,8 +272,7 @@ def describe(report: LoweringReport) -> str:
 def op_dtypes(graph_def) -> dict[str, int]:
     """How many ops of the graph compute in each dtype (by their T attribute): for tests and inspection."""
     counts: dict[str, int] = defaultdict(int)
-    names = {1: "float32", 14: "bfloat16", 19: "float16"}
     for n in graph_def.node:
-        if n.op not in ("Const",) and "T" in n.attr:
-            counts[names.get(n.attr["T"].type, "other")] += 1
+        if n.op != "Const" and "T" in n.attr:
+            counts[_DTYPE_NAMES.get(n.attr["T"].type, "other")] += 1
     return dict(counts)
