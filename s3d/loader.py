@@ -246,8 +246,10 @@ def load_s3d(handle: str = DEFAULT_HANDLE, precision: str = "float32") -> S3DMod
             or its video tower cannot run in `precision`.
     """
     from s3d.precision import check_precision
+    from s3d.quiet import import_tensorflow
 
     check_precision(precision)
+    import_tensorflow()  # first, before configure_gpus imports it: without TensorFlow's start-up chatter
     if not handle:
         raise ModelLoadError("no model handle given: pass a TF Hub URL or a SavedModel directory")
     configure_gpus()
