@@ -59,6 +59,7 @@ setup(
             "s3d-embed-text=pipeline.embed_text:main",
             "s3d-search=pipeline.search:main",
             "s3d-check-run=pipeline.check_run:main",
+            "s3d-frames=pipeline.frames:main",
         ],
     },
 )

@@ -7,6 +7,7 @@ message on as it is.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 from typing import Any
@@ -80,6 +81,16 @@ class DecodeOptions:
     def clip_stride(self) -> int:
         return self.stride if self.stride is not None else self.frames_per_clip
 
+    @classmethod
+    def from_flags(cls, flags: Any) -> DecodeOptions:
+        """From the parsed flags of `add_decode_arguments` (an argparse namespace or a job's options)."""
+        return cls(
+            fps=flags.fps, frames_per_clip=flags.frames_per_clip, stride=flags.stride, num_clips=flags.num_clips,
+            size=flags.size, crop=flags.crop, tail=flags.tail, max_pixels=flags.max_pixels,
+            max_duration_sec=flags.max_duration_sec, max_seconds_per_video=flags.max_seconds_per_video,
+            threads=flags.decode_threads,
+        )
+
     def preprocessing(self) -> dict[str, Any]:
         """What decides the features: the fingerprint in the tables' metadata, used by --skip_done and search."""
         return {
@@ -91,3 +102,45 @@ class DecodeOptions:
             "crop": self.crop,
             "tail": self.tail,
         }
+
+
+def _fps(value: str) -> float | None:
+    if value.lower() == "native":
+        return None
+    try:
+        return float(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--fps takes a number or 'native', got {value!r}") from e
+
+
+def add_decode_arguments(parser: argparse.ArgumentParser) -> Any:
+    """The decoding flags, the same for the extraction job and `pipeline.frames`; returns the last group."""
+    d = DecodeOptions()
+    group = parser.add_argument_group("sampling and windowing")
+    group.add_argument("--fps", type=_fps, default=d.fps,
+                       help=f"frames sampled per second, or 'native' (default: {d.fps:g})")
+    group.add_argument("--frames_per_clip", type=int, default=d.frames_per_clip,
+                       help=f"frames in a clip (default: {d.frames_per_clip}; must be even)")
+    group.add_argument("--stride", type=int, default=None,
+                       help="sampled frames between clip starts (default: --frames_per_clip, no overlap)")
+    group.add_argument("--num_clips", type=int, default=None,
+                       help="instead of --stride: this many clips spread evenly over each video, as in the "
+                       "authors' evaluation (default: off)")
+    group.add_argument("--tail", choices=TAIL_POLICIES, default=d.tail,
+                       help=f"a short last clip: pad (repeat the last frame, flagged) or drop (default: {d.tail})")
+    group = parser.add_argument_group("spatial preprocessing")
+    group.add_argument("--size", type=int, default=d.size, help=f"output frame side in pixels (default: {d.size}; even)")
+    group.add_argument("--crop", choices=CROP_MODES, default=d.crop,
+                       help="center: centre square then resize (the authors'); resize: whole frame; "
+                       f"short_side: resize short side then centre crop (default: {d.crop})")
+    group = parser.add_argument_group("limits per video")
+    group.add_argument("--max_pixels", type=int, default=d.max_pixels,
+                       help=f"largest frame in pixels (default: {d.max_pixels}, 8K)")
+    group.add_argument("--max_duration_sec", type=float, default=d.max_duration_sec,
+                       help=f"longest video decoded, seconds (default: {d.max_duration_sec:g})")
+    group.add_argument("--max_seconds_per_video", type=float, default=d.max_seconds_per_video,
+                       help=f"wall-clock budget to decode one video (default: {d.max_seconds_per_video:g})")
+    group = parser.add_argument_group("decoding")
+    group.add_argument("--decode_threads", type=int, default=d.threads,
+                       help="decoder threads per video, 0 = one per core (default: 0)")
+    return group

@@ -5,13 +5,24 @@ the `opener` it is given), decodes the first video stream with threading, sample
 frames at a target rate by presentation time, crops and scales only the kept frames in
 FFmpeg's scaler, and yields fixed-length clips one at a time. Memory is bounded by
 about two clips of frames whatever the video's length.
+
+It decodes only what the clips need, with the frames that decoding everything gives:
+- a frame on screen at no sample time that no other frame refers to (a non-reference
+  frame: most B-frames of h264, hevc and mpeg4) is not decoded: the codec context's
+  `skip_frame` is set per packet, from the packets' timestamps read a few ahead;
+- across a gap no clip uses (windows of `num_clips`, a stride longer than a clip) it
+  seeks to the keyframe before the next window instead of decoding through the gap.
+If a clip ever needs a sample that was left out (a container that declares more than
+it holds moves the last window), the video is decoded again without either shortcut.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
@@ -30,11 +41,19 @@ from decoder.errors import (
 )
 from decoder.frames import FrameConverter
 from decoder.options import FALLBACK_FPS, DecodeOptions
-from decoder.sampling import Clip, TimestampSampler, Windower
+from decoder.sampling import EPS, Clip, NeedAllFrames, TimestampSampler, Windower
 
 # Opens a remote URI for reading (e.g. Beam's FileSystems.open). It raises FileNotFoundError
 # for a missing object; other errors count as transient (timeouts, 5xx) and may be retried.
 Opener = Callable[[str], IO[bytes]]
+
+# Packets read ahead of the decoder: enough to know each frame's successor in presentation
+# order (codecs reorder at most 16 frames).
+LOOKAHEAD = 32
+# A gap in the samples the clips use is skipped by seeking when it is longer than this, and
+# longer than 1.5 keyframe intervals seen so far (a shorter seek would land before the gap).
+MIN_SEEK_GAP_SEC = 2.0
+SEEK_EARLY_SEC = 1e-3  # a seek asks for a little before the target time
 
 
 @dataclasses.dataclass
@@ -124,13 +143,20 @@ class ClipReader:
         start_sec, end_sec: optional segment [start_sec, end_sec) in seconds from the
             start of the stream; decoding seeks to the keyframe before start_sec.
         opener: opens remote URIs (the Beam layer passes Beam's FileSystems).
+        decode_all: decode every frame, without skipping or seeking (the reference the
+            shortcuts are tested and measured against; the clips are the same).
+        part: (first, end, first_clip): one part of a long video split over workers, the
+            sample times start_sec + k/fps for k in [first, end) (end None: to the end), whose
+            first clip is the video's clip `first_clip`. Parts cut at clip starts give the clips
+            of a reader without `part`, with the same clip_index and times.
 
     Raises (from iteration): the VideoError subclasses of decoder.errors.
     """
 
     def __init__(
         self, uri: str, options: DecodeOptions, start_sec: float | None = None, end_sec: float | None = None,
-        opener: Opener | None = None,
+        opener: Opener | None = None, decode_all: bool = False,
+        part: tuple[int, int | None, int] | None = None,
     ):
         if start_sec is not None and start_sec < 0:
             raise ValueError(f"start_sec must be >= 0, got {start_sec}")
@@ -141,16 +167,54 @@ class ClipReader:
         self.start_sec = start_sec or 0.0
         self.end_sec = end_sec
         self.opener = opener
+        self.decode_all = decode_all
         self.info = VideoInfo(uri=uri)
+        self.first_sample, self.end_sample, self.first_clip = part or (0, None, 0)
+        if part is not None:
+            _check_part(options, *part)
+        self.first_target: int | None = None  # after iteration: the index k of the first sample time
+
+    @property
+    def seek_sec(self) -> float:
+        """Where decoding starts: the segment's start, or the part's first sample time."""
+        if not self.first_sample:
+            return self.start_sec
+        return self.start_sec + self.first_sample / self.options.fps
+
+    @property
+    def stop_sec(self) -> float | None:
+        """No sample at or after this time: the segment's end, or the part's end sample time."""
+        if self.end_sample is None:
+            return self.end_sec
+        part_end = self.start_sec + self.end_sample / self.options.fps  # as the sampler computes its targets
+        return part_end if self.end_sec is None else min(part_end, self.end_sec)
 
     def __iter__(self) -> Iterator[Clip]:
-        container, fileobj = open_container(self.uri, self.opener)
-        try:
-            yield from _Decoding(self, container).clips()
-        finally:
-            container.close()
-            if fileobj is not None:
-                fileobj.close()
+        yielded = 0
+        for decode_all in ((True,) if self.decode_all else (False, True)):
+            container, fileobj = open_container(self.uri, self.opener)
+            decoding = _Decoding(self, container, decode_all)
+            try:
+                for clip in decoding.clips():
+                    if clip.clip_index >= yielded:  # a second pass repeats the clips already given
+                        yielded += 1
+                        yield self._in_video(clip)
+                return
+            except NeedAllFrames:
+                decoded = self.info.decoded_frames
+                self.info = VideoInfo(uri=self.uri, decoded_frames=decoded)  # the second pass counts anew
+            finally:
+                self.first_target = decoding.sampler.first_k
+                container.close()
+                if fileobj is not None:
+                    fileobj.close()
+
+    def _in_video(self, clip: Clip) -> Clip:
+        """A part's clip numbered as in the whole video."""
+        if not self.first_sample:
+            return clip
+        return dataclasses.replace(clip, clip_index=clip.clip_index + self.first_clip,
+                                   first_sample=clip.first_sample + self.first_clip * self.options.clip_stride)
 
     @property
     def segment(self) -> str:
@@ -158,13 +222,83 @@ class ClipReader:
         return f" in [{self.start_sec}, {self.end_sec})" if (self.start_sec or self.end_sec is not None) else ""
 
 
+def _check_part(options: DecodeOptions, first: int, end: int | None, first_clip: int) -> None:
+    if options.fps is None or options.num_clips is not None:
+        raise ValueError("a part of a video needs a sampling rate (--fps) and clips every --stride, not --num_clips")
+    if first < 0 or first_clip < 0:
+        raise ValueError(f"a part starts at a sample and a clip >= 0, got {first} and {first_clip}")
+    if end is not None and end <= first:
+        raise ValueError(f"a part must end after it starts, got samples [{first}, {end})")
+
+
+class _Packets:
+    """The stream's packets in decoding order, read LOOKAHEAD ahead, to tell each one's successor on screen."""
+
+    def __init__(self, container: Any, stream: Any):
+        self.container, self.stream = container, stream
+        self.keyframe_interval = 0.0  # the longest seen, in pts units
+        self._last_keyframe: int | None = None
+        self._restart()
+
+    def _restart(self) -> None:
+        self._demux = self.container.demux(self.stream)
+        self._ahead: deque[Any] = deque()
+        self._recent: deque[int] = deque(maxlen=LOOKAHEAD)  # pts of the packets handed out lately
+        self._error: BaseException | None = None  # a read error, raised once the packets before it are out
+
+    def _fill(self) -> None:
+        while self._error is None and len(self._ahead) < LOOKAHEAD:
+            try:
+                self._ahead.append(next(self._demux))
+            except StopIteration:
+                self._error = StopIteration()
+            except (av.error.FFmpegError, OSError) as e:
+                self._error = e
+
+    def next(self) -> Any | None:
+        """The next packet; None at the end of the stream."""
+        self._fill()
+        if not self._ahead:
+            if self._error is not None and not isinstance(self._error, StopIteration):
+                raise self._error
+            return None
+        packet = self._ahead.popleft()
+        if packet.pts is not None:
+            self._recent.append(packet.pts)
+            if packet.is_keyframe:
+                if self._last_keyframe is not None and packet.pts > self._last_keyframe:
+                    self.keyframe_interval = max(self.keyframe_interval, packet.pts - self._last_keyframe)
+                self._last_keyframe = packet.pts
+        return packet
+
+    def successor(self, pts: int) -> int | None:
+        """The next pts after `pts` among the packets around it; None near the end of the stream."""
+        later = [p.pts for p in self._ahead if p.pts is not None and p.pts > pts]
+        later += [p for p in self._recent if p > pts]
+        return min(later) if later else None
+
+    def seek(self, pts: int) -> None:
+        """To the keyframe at or before `pts`; the decoder's buffers are flushed with it."""
+        self.container.seek(pts, stream=self.stream, backward=True, any_frame=False)
+        self._last_keyframe = None
+        self._restart()
+
+
 class _Decoding:
     """One pass over one container: probe, decode and sample frame by frame, then the end checks."""
 
-    def __init__(self, reader: ClipReader, container: Any):
+    def __init__(self, reader: ClipReader, container: Any, decode_all: bool = False):
         self.reader, self.uri, self.opts, self.info = reader, reader.uri, reader.options, reader.info
         self.container = container
-        self.sampler = TimestampSampler(self.opts.fps, reader.start_sec, reader.end_sec)
+        self.decode_all = decode_all or self.opts.fps is None  # native rate: every frame is a sample
+        self.t0: float | None = None
+        self._seek: tuple[float, float] | None = None  # (time of the last frame before it, the target)
+        self._seek_gap = MIN_SEEK_GAP_SEC
+        self._skipped_end = 0.0  # end of the latest packet sent with skip_frame on
+        self._skip_mode = "DEFAULT"
+        self._seek_landing = self._overshot = False
+        self._reseeks = 0
+        self.sampler = TimestampSampler(self.opts.fps, reader.start_sec, reader.stop_sec, reader.first_sample)
         self.windower: Windower | None = None
         self.converter: FrameConverter | None = None
         self._converted: tuple[int, np.ndarray] | None = None  # one frame may fill several sample times
@@ -191,8 +325,9 @@ class _Decoding:
         tb = stream.time_base
         t0 = float(stream.start_time * tb) if stream.start_time is not None else None
         info.duration_sec = declared = self._declared_duration(stream)
-        if self.reader.start_sec > 0 and t0 is not None:
-            container.seek(int((t0 + self.reader.start_sec) / tb), stream=stream, backward=True, any_frame=False)
+        if self.reader.seek_sec > 0 and t0 is not None:
+            container.seek(int((t0 + self.reader.seek_sec) / tb), stream=stream, backward=True, any_frame=False)
+            self._seek, self._seek_landing = (-math.inf, self.reader.seek_sec), True  # checked like any other seek
         return _Stream(stream, tb, t0, declared)
 
     def _declared_duration(self, stream: Any) -> float | None:
@@ -248,10 +383,15 @@ class _Decoding:
         return self._converted[1]
 
     def _emit(self, frame: Any, t: float, frame_id: int, upto: float) -> Iterator[Clip]:
-        """The clips completed by sampling `frame` (shown from `t` until `upto`)."""
+        """The clips completed by sampling `frame` (shown from `t` until `upto`); none once the windows are done."""
+        windower = self.windower
         for target in self.sampler.times(t, upto):
+            if windower.done:
+                return
             self.info.sampled_frames = self.sampler.sampled
-            yield from self.windower.push(self._convert(frame_id, frame), target, self.sample_dt)
+            i = windower.next_index
+            used = self.decode_all or windower.plan.next_needed(i) == i
+            yield from windower.push(self._convert(frame_id, frame) if used else None, target, self.sample_dt)
 
     def _check_deadline(self, deadline: float) -> None:
         if time.monotonic() > deadline:
@@ -268,31 +408,127 @@ class _Decoding:
 
     def clips(self) -> Iterator[Clip]:
         s = self.probe()
-        t0, info, seg_end = s.t0, self.info, self.reader.end_sec
+        self.t0 = s.t0
         deadline = time.monotonic() + self.opts.max_seconds_per_video
-        frame_id = 0
+        packets = _Packets(self.container, s.stream)
+        self._frame_id, self._stop = 0, False
         try:
-            for frame in self.container.decode(s.stream):
-                self._check_deadline(deadline)
-                if frame.pts is None:
-                    continue
-                t0 = float(frame.pts * s.time_base) if t0 is None else t0
-                t = float(frame.pts * s.time_base) - t0
-                info.decoded_frames += 1
-                frame_id += 1
-                if self.windower is None:
-                    self._start(frame, s.declared)
-                self._check_duration(t)
-                if self.prev is not None:
-                    yield from self._emit(*self.prev, upto=t)
-                    if self.windower.done:
-                        break
-                self.prev = (frame, t, frame_id)
-                if seg_end is not None and t >= seg_end:
+            while not self._stop:
+                packet = packets.next()
+                if packet is None:
                     break
+                self._set_skip(packet, packets, s)
+                for frame in packet.decode():
+                    yield from self._on_frame(frame, s, deadline)
+                    if self._stop:
+                        break
+                if self._overshot:
+                    self._seek_again(packets, s)
+                elif not self._stop:
+                    self._maybe_seek(packets, s)
         except (av.error.FFmpegError, OSError) as e:
             yield from self._after_break(e)
-        yield from self._finish(s, t0)
+        yield from self._finish(s, self.t0)
+
+    def _on_frame(self, frame: Any, s: _Stream, deadline: float) -> Iterator[Clip]:
+        """One decoded frame: it ends the previous frame's time on screen, whose samples are taken now."""
+        self._check_deadline(deadline)
+        if frame.pts is None:
+            return
+        self.t0 = float(frame.pts * s.time_base) if self.t0 is None else self.t0
+        t = float(frame.pts * s.time_base) - self.t0
+        self.info.decoded_frames += 1
+        self._frame_id += 1
+        if self._seek is not None and not self._landed(t):
+            return  # decoded again after a seek that landed before the last frame
+        if self.windower is None:
+            self._start(frame, s.declared)
+        self._check_duration(t)
+        if self.prev is not None:
+            yield from self._emit(*self.prev, upto=t)
+            if self.windower.done:
+                self._stop = True
+                return
+        self.prev = (frame, t, self._frame_id)
+        if self.reader.stop_sec is not None and t >= self.reader.stop_sec:
+            self._stop = True
+
+    # ---- decoding less ------------------------------------------------------------------------
+
+    def _used_between(self, start: float, end: float) -> bool:
+        """Whether a clip uses a sample the frame shown in [start, end) would fill.
+
+        The sampler gives a frame the target times in [start - EPS, end - EPS); this asks about
+        [start - 2 EPS, end - EPS / 2), a little wider, far above the float error of either.
+        """
+        k0, fps, seg_start = self.sampler.first_k, self.opts.fps, self.reader.start_sec
+        lo = math.ceil((start - 2 * EPS - seg_start) * fps) - k0
+        hi = math.ceil((end - EPS / 2 - seg_start) * fps) - 1 - k0
+        i = self.windower.plan.next_needed(lo)
+        return i is not None and i <= hi
+
+    def _set_skip(self, packet: Any, packets: _Packets, s: _Stream) -> None:
+        """Lets the codec drop `packet` if it is a non-reference frame on screen at no used sample time."""
+        skip = False
+        if not self.decode_all and packet.pts is not None and self.sampler.first_k is not None:
+            successor = packets.successor(packet.pts)
+            if successor is not None:
+                start, end = float(packet.pts * s.time_base) - self.t0, float(successor * s.time_base) - self.t0
+                skip = not self._used_between(start, end)
+                if skip:
+                    self._skipped_end = max(self._skipped_end, end)
+        mode = "NONREF" if skip else "DEFAULT"
+        if mode != self._skip_mode:
+            s.stream.codec_context.skip_frame = mode
+            self._skip_mode = mode
+
+    def _maybe_seek(self, packets: _Packets, s: _Stream) -> None:
+        """Seeks across a gap no clip uses, when it is long enough for a keyframe to lie inside it."""
+        if self.decode_all or self.sampler.first_k is None or self.prev is None or self._seek is not None:
+            return
+        plan = self.windower.plan
+        i = None if plan.uses_all else plan.next_needed(self.windower.next_index)
+        if i is None:
+            return
+        target, last = self.sampler.target(self.sampler.first_k + i), self.prev[1]
+        if target - last <= max(self._seek_gap, 1.5 * float(packets.keyframe_interval * s.time_base)):
+            return
+        self._seek = (last, target)
+        self._seek_to(packets, s, target - SEEK_EARLY_SEC)
+
+    def _seek_to(self, packets: _Packets, s: _Stream, when: float) -> None:
+        try:
+            packets.seek(math.floor((self.t0 + when) / s.time_base))
+        except (av.error.FFmpegError, OSError) as e:
+            raise NeedAllFrames(f"seek to {when:.3f}s failed: {e}") from e
+        self._seek_landing, self._overshot = True, False
+
+    def _seek_again(self, packets: _Packets, s: _Stream) -> None:
+        """The seek landed past its target: again from further back (containers that index by
+        decoding time, such as AVI, land on a keyframe shown after the time asked for)."""
+        self._reseeks += 1
+        last, target = self._seek
+        if self._reseeks > 4:
+            raise NeedAllFrames(f"seeks to {target:.3f}s kept landing after it")
+        back = 2 ** self._reseeks * max(0.5, float(packets.keyframe_interval * s.time_base))
+        self._seek_to(packets, s, max(target - back, last))
+
+    def _landed(self, t: float) -> bool:
+        """After a seek: checks where it landed; False for the frames up to the last one before it."""
+        last, target = self._seek
+        if self._overshot:
+            return False  # this packet's other frames; the seek is made again after it
+        if self._seek_landing:
+            self._seek_landing = False
+            if t > target + EPS:  # past the target: the frame on screen at it was not decoded
+                self._overshot = True
+                return False
+            if t <= last + EPS:  # before the last frame: keyframes are further apart than the gap
+                self._seek_gap = max(self._seek_gap, 2.0 * (target - t))
+        if t <= last + EPS:
+            return False
+        self._seek, self._reseeks = None, 0
+        return True
 
     # ---- at the end ---------------------------------------------------------------------------
 
@@ -316,6 +552,8 @@ class _Decoding:
         last_frame, last_time, last_id = self.prev
         last_dt = (float(last_frame.duration * s.time_base) if last_frame.duration
                    else 1.0 / (info.native_fps or self.opts.fps or FALLBACK_FPS))
+        if not self._stop:  # to the end: the packets skipped after the last decoded frame were on screen too
+            last_dt = max(last_dt, self._skipped_end - last_time)
         yield from self._emit(last_frame, last_time, last_id, upto=last_time + last_dt)
         if info.sampled_frames == 0:
             raise NoFramesError(self.uri, f"no video frames{where}: the video has {last_time + last_dt:.2f}s")
@@ -326,7 +564,7 @@ class _Decoding:
 
     def _check_end(self, s: _Stream, t0: float | None, decoded_to: float) -> None:
         """Records the decoded duration; raises for no clip at all, or a stream cut short."""
-        info, whole = self.info, self.reader.start_sec == 0 and self.reader.end_sec is None
+        info, whole = self.info, self.reader.start_sec == 0 and self.reader.stop_sec is None
         if not self.windower.done and whole:
             info.duration_sec = decoded_to  # decoded to the end: the truth, whatever the header says
         if info.num_clips == 0:
@@ -336,7 +574,7 @@ class _Decoding:
                 "and tail='drop'",
             )
         # A container that declares more than was decoded was cut short (a truncated upload, say).
-        if s.declared is not None and self.reader.end_sec is None and not self.windower.done:
+        if s.declared is not None and self.reader.stop_sec is None and not self.windower.done:
             # Some containers (Matroska) declare the end time rather than the length of a stream
             # that starts above zero: take the smaller reading.
             missing = min(s.declared, s.declared - (t0 or 0.0)) - decoded_to

@@ -3,6 +3,7 @@
 `TimestampSampler` picks, for each target time k/fps from the segment's start, the
 frame on screen at that time. `Windower` groups sampled frames into fixed-length
 clips (a stride, or N windows spread evenly), holding about two clips of frames.
+`SamplePlan` says which samples the clips use, so the decoder can leave out the rest.
 """
 
 from __future__ import annotations
@@ -27,6 +28,41 @@ class Clip:
     num_frames: int  # real frames; the rest (padded=True) repeat the last one
     padded: bool
     frames: np.ndarray  # uint8 [frames_per_clip, size, size, 3], RGB
+    # Index of the first frame among the video's samples (not a table column): clips that
+    # overlap share samples, and this says which.
+    first_sample: int = dataclasses.field(default=0, metadata={"column": False})
+
+
+class NeedAllFrames(Exception):  # noqa: N818 - a signal inside the decoder, not an error users see
+    """A clip needs a sample the plan said no clip uses: the decoder decodes everything instead."""
+
+
+class SamplePlan:
+    """Which sample indices the clips use (all of them with a stride up to frames_per_clip).
+
+    `starts` are the num_clips windows' first samples; None means windows every `stride`
+    samples from 0, without end.
+    """
+
+    def __init__(self, frames_per_clip: int, stride: int, starts: list[int] | None):
+        self._f = frames_per_clip
+        self._stride = stride
+        self._starts = sorted(starts) if starts is not None else None
+
+    @property
+    def uses_all(self) -> bool:
+        return self._starts is None and self._stride <= self._f
+
+    def next_needed(self, i: int) -> int | None:
+        """The first sample index >= i that some clip uses; None when no clip uses any."""
+        i = max(i, 0)
+        if self._starts is None:
+            j, offset = divmod(i, self._stride)
+            return i if offset < self._f else (j + 1) * self._stride
+        for start in self._starts:
+            if start + self._f > i:
+                return max(i, start)
+        return None
 
 
 class TimestampSampler:
@@ -35,12 +71,21 @@ class TimestampSampler:
     With fps None (native rate) every frame inside the segment is sampled at its own time.
     """
 
-    def __init__(self, fps: float | None, seg_start: float = 0.0, seg_end: float | None = None):
+    def __init__(self, fps: float | None, seg_start: float = 0.0, seg_end: float | None = None, first_k: int = 0):
         self.fps = fps
         self.seg_start = seg_start
         self.seg_end = seg_end
         self.sampled = 0  # frames sampled so far
-        self._k = 0  # index of the next target time
+        self._k = first_k  # index of the next target time (a part of a video starts further on)
+        self.first_k: int | None = None  # the target index of the first sample
+
+    @property
+    def next_k(self) -> int:
+        return self._k
+
+    def target(self, k: int) -> float:
+        """The time of target index k (fps must be set)."""
+        return self.seg_start + k / self.fps
 
     def times(self, t: float, upto: float) -> Iterator[float]:
         """The sample times a frame shown from `t` until `upto` fills."""
@@ -57,6 +102,8 @@ class TimestampSampler:
                 # The stream (or segment) starts after this target: begin at the first frame.
                 self._k = math.ceil((t - self.seg_start) * self.fps - EPS)
                 continue
+            if self.first_k is None:
+                self.first_k = self._k
             self.sampled += 1
             self._k += 1
             yield target
@@ -66,6 +113,7 @@ class Windower:
     """Turns a stream of sampled frames into clips, holding at most about two clips of frames."""
 
     def __init__(self, options: DecodeOptions, starts: list[int] | None):
+        self.plan = SamplePlan(options.frames_per_clip, options.clip_stride, starts)
         self._f = options.frames_per_clip
         self._stride = options.clip_stride
         self._pad = options.tail == "pad"
@@ -97,6 +145,8 @@ class Windower:
         frames = [(i, a, t) for i, a, t in self._buffer if start <= i < start + self._f]
         real = len(frames)
         arrays = [a for _, a, _ in frames]
+        if any(a is None for a in arrays):  # a sample left out as unused (see SamplePlan)
+            raise NeedAllFrames(f"clip {self._clip_index} at sample {start} needs a sample that was left out")
         arrays += [arrays[-1]] * (self._f - real)
         clip = Clip(
             clip_index=self._clip_index,
@@ -105,10 +155,16 @@ class Windower:
             num_frames=real,
             padded=real < self._f,
             frames=np.stack(arrays),
+            first_sample=start,
         )
         self._clip_index += 1
         self._covered_to = max(self._covered_to, start + real)
         return clip
+
+    @property
+    def next_index(self) -> int:
+        """The index the next sampled frame will have."""
+        return self._n
 
     @property
     def clips_emitted(self) -> int:

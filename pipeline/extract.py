@@ -2,7 +2,7 @@
 
     python -m pipeline.extract --input 'videos/*.mp4' --output_prefix out/run1 [--model DIR] [options]
 
-Read the input -> Reshuffle -> decode into clips -> batch -> inference -> rows -> write.
+Read the input -> split long videos -> Reshuffle -> decode into clips -> batch -> inference -> rows -> write.
 Every input video ends up in exactly one of `videos` or `failures`.
 """
 
@@ -32,6 +32,7 @@ from transforms.inference import Embed
 from transforms.inputs import ReadVideoRequests, check_input
 from transforms.layout import table_glob
 from transforms.progress import CountToDo, ProgressLog
+from transforms.split import SplitLongVideos
 from transforms.tables import WriteTables
 
 TABLES = ("clips", "videos", "failures")
@@ -70,7 +71,8 @@ def build_pipeline(
     _ = todo | "CountToDo" >> CountToDo(progress)
     decoded = (
         todo
-        | "Reshuffle" >> beam.Reshuffle()  # spread decoding over workers
+        | "SplitLongVideos" >> SplitLongVideos(decode, opts.split_sec)
+        | "Reshuffle" >> beam.Reshuffle()  # spread decoding (videos and parts of long ones) over workers
         | "DecodeClips" >> DecodeClips(decode, opts.decode_prefetch, opts.io_retries,
                                        opts.io_retry_backoff_sec, progress)
     )
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             # videos_ok, videos_failed and clips come from the tables' files (WriteTables).
             "counts": {
                 "frames_decoded": counts.get("frames_decoded", 0),
+                "videos_split": counts.get("videos_split", 0),
+                "video_parts": counts.get("video_parts", 0),
                 "input_duplicates": counts.get("input_duplicates", 0),
                 "videos_skipped_done": counts.get("videos_skipped_done", 0),
                 "failures_retried": counts.get("failures_retried", 0),

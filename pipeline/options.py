@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, WorkerOptions
 
-from decoder import CROP_MODES, TAIL_POLICIES, DecodeOptions
+from decoder import DecodeOptions, add_decode_arguments
 from s3d.loader import DEFAULT_HANDLE
 from s3d.precision import DEFAULT_PRECISION, PRECISIONS
 from s3d.quiet import add_log_level_arguments
@@ -21,8 +21,9 @@ from transforms.progress import ProgressLog
 
 log = logging.getLogger(__name__)
 
-_DEFAULTS = DecodeOptions()
-
+# Parts of 10 minutes: at 10 fps and 32-frame clips, about 190 clips, minutes of work for a worker,
+# against a header read and one keyframe interval decoded twice per part (BENCHMARKS.md, "Splitting").
+DEFAULT_SPLIT_SEC = 600.0
 
 def _boolean(value: str) -> bool:
     """`--flag`, `--flag=true` or `--flag=false` (Flex Templates pass every parameter with a value)."""
@@ -33,14 +34,6 @@ def _boolean(value: str) -> bool:
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
-
-def _fps(value: str) -> float | None:
-    if value.lower() == "native":
-        return None
-    try:
-        return float(value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"--fps takes a number or 'native', got {value!r}") from e
 
 
 class ModelOptions(PipelineOptions):
@@ -233,34 +226,12 @@ class ExtractOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        group = parser.add_argument_group("sampling and windowing")
-        group.add_argument("--fps", type=_fps, default=_DEFAULTS.fps,
-                           help=f"frames sampled per second, or 'native' (default: {_DEFAULTS.fps:g})")
-        group.add_argument("--frames_per_clip", type=int, default=_DEFAULTS.frames_per_clip,
-                           help=f"frames in a clip (default: {_DEFAULTS.frames_per_clip}; must be even)")
-        group.add_argument("--stride", type=int, default=None,
-                           help="sampled frames between clip starts (default: --frames_per_clip, no overlap)")
-        group.add_argument("--num_clips", type=int, default=None,
-                           help="instead of --stride: this many clips spread evenly over each video, as in the "
-                           "authors' evaluation (default: off)")
-        group.add_argument("--tail", choices=TAIL_POLICIES, default=_DEFAULTS.tail,
-                           help=f"a short last clip: pad (repeat the last frame, flagged) or drop (default: {_DEFAULTS.tail})")
-        group = parser.add_argument_group("spatial preprocessing")
-        group.add_argument("--size", type=int, default=_DEFAULTS.size,
-                           help=f"output frame side in pixels (default: {_DEFAULTS.size}; even)")
-        group.add_argument("--crop", choices=CROP_MODES, default=_DEFAULTS.crop,
-                           help="center: centre square then resize (the authors'); resize: whole frame; "
-                           f"short_side: resize short side then centre crop (default: {_DEFAULTS.crop})")
-        group = parser.add_argument_group("limits per video")
-        group.add_argument("--max_pixels", type=int, default=_DEFAULTS.max_pixels,
-                           help=f"largest frame in pixels (default: {_DEFAULTS.max_pixels}, 8K)")
-        group.add_argument("--max_duration_sec", type=float, default=_DEFAULTS.max_duration_sec,
-                           help=f"longest video decoded, seconds (default: {_DEFAULTS.max_duration_sec:g})")
-        group.add_argument("--max_seconds_per_video", type=float, default=_DEFAULTS.max_seconds_per_video,
-                           help=f"wall-clock budget to decode one video (default: {_DEFAULTS.max_seconds_per_video:g})")
-        group = parser.add_argument_group("decoding")
-        group.add_argument("--decode_threads", type=int, default=_DEFAULTS.threads,
-                           help="decoder threads per video, 0 = one per core (default: 0)")
+        group = add_decode_arguments(parser)
+        group.add_argument("--split_sec", type=float, default=DEFAULT_SPLIT_SEC,
+                           help="a video longer than this many seconds is split into parts at clip starts that "
+                           "workers decode side by side, and joined again: the same rows as unsplit (a header "
+                           "read per video; clips every --stride at a set --fps only). 0 turns it off "
+                           f"(default: {DEFAULT_SPLIT_SEC:g})")
         group.add_argument("--decode_prefetch", type=int, default=2,
                            help="clips decoded ahead in a background thread while the model runs; "
                            "0 = decode inline (default: 2)")
@@ -268,12 +239,7 @@ class ExtractOptions(PipelineOptions):
 
     def decode_options(self) -> DecodeOptions:
         """The decoder's options, built once by the job's entry point; ValueError names the flag."""
-        return DecodeOptions(
-            fps=self.fps, frames_per_clip=self.frames_per_clip, stride=self.stride, num_clips=self.num_clips,
-            size=self.size, crop=self.crop, tail=self.tail, max_pixels=self.max_pixels,
-            max_duration_sec=self.max_duration_sec, max_seconds_per_video=self.max_seconds_per_video,
-            threads=self.decode_threads,
-        )
+        return DecodeOptions.from_flags(self)
 
     @staticmethod
     def _add_incremental_args(parser) -> None:
@@ -305,5 +271,7 @@ class ExtractOptions(PipelineOptions):
             raise ValueError(f"--io_retry_backoff_sec must be >= 0, got {self.io_retry_backoff_sec}")
         if (self.retry_stages or self.retry_errors) and not self.retry_failures:
             raise ValueError("--retry_stages and --retry_errors go with --retry_failures")
+        if self.split_sec is None or not self.split_sec >= 0:
+            raise ValueError(f"--split_sec must be >= 0 (0 turns splitting off), got {self.split_sec}")
         if self.decode_prefetch is None or self.decode_prefetch < 0:
             raise ValueError(f"--decode_prefetch must be >= 0, got {self.decode_prefetch}")

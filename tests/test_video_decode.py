@@ -85,7 +85,9 @@ def test_containers_and_codecs(tmp_path, name, codec, pix_fmt):
     path = write_video(str(tmp_path / name), 40, fps=20, width=80, height=60, codec=codec, pix_fmt=pix_fmt)
     clips, info = read(path, fps=10, frames_per_clip=8, size=32)
     # 40 frames at 20 fps = 2 s -> 20 samples at 10 fps -> clips of 8: 8, 8, 4 (+4 padding)
-    assert info.decoded_frames == 40 and info.sampled_frames == 20
+    assert info.sampled_frames == 20
+    # every frame but the non-reference ones on screen at no sample time (x264 writes such B-frames)
+    assert 20 <= info.decoded_frames < 40 if codec == "libx264" else info.decoded_frames == 40
     assert [c.num_frames for c in clips] == [8, 8, 4] and [c.padded for c in clips] == [False, False, True]
     assert all(c.frames.shape == (8, 32, 32, 3) and c.frames.dtype == np.uint8 for c in clips)
     assert indices(clips[0]) == list(range(0, 16, 2))

@@ -3,6 +3,8 @@
 Wraps `ClipReader` in a DoFn with three outputs: clips (main), `info` as
 (video_id, video row without features) for videos decoded to the end, and
 `failures` rows for videos that could not be (with how many clips they kept).
+The parts of a split video (transforms.split) report to `JoinParts` instead, which
+gives the video's one info or failure row.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from apache_beam.metrics import Metrics
 from decoder import ClipReader, DecodeOptions, VideoError, prefetch
 from transforms.progress import ProgressLog
 from transforms.records import FAILURES, NAMESPACE, ClipItem, VideoRequest, failure_row, video_row
+from transforms.split import INFO, PARTS, JoinParts, part_of, part_record
 
-INFO = "info"
 _PROGRESS_EVERY_SEC = 30.0
 
 log = logging.getLogger(__name__)
@@ -58,22 +60,25 @@ class DecodeClipsFn(beam.DoFn):
         self._started = time.monotonic()
         self._last_report = self._started
 
-    def _fail(self, request: VideoRequest, error: Exception, stage: str, transient: bool, clips_kept: int):
+    def _fail(self, request: VideoRequest, reader: ClipReader, error: Exception, stage: str, transient: bool,
+              clips_kept: int):
+        row = failure_row(request.video_id, request.uri, stage, type(error).__name__,
+                          getattr(error, "detail", None) or str(error), transient, clips_kept,
+                          segment=(request.start_sec, request.end_sec))
+        if request.part is not None:  # JoinParts counts the video
+            return beam.pvalue.TaggedOutput(PARTS, part_record(request, reader.first_target, clips_kept, failure=row))
         self._progress.add("video")  # done, as a failure (the failures step counts it as one)
         Metrics.counter(NAMESPACE, f"videos_failed_{stage}").inc()
         Metrics.counter(NAMESPACE, f"error_{type(error).__name__}").inc()
-        return beam.pvalue.TaggedOutput(
-            FAILURES,
-            failure_row(request.video_id, request.uri, stage, type(error).__name__,
-                        getattr(error, "detail", None) or str(error), transient, clips_kept,
-                        segment=(request.start_sec, request.end_sec)),
-        )
+        return beam.pvalue.TaggedOutput(FAILURES, row)
 
     def process(self, request: VideoRequest):
         start = time.monotonic()
         emitted = 0
+        part = part_of(request)
         for attempt in range(self._io_retries + 1):
-            reader = ClipReader(request.uri, self._options, request.start_sec, request.end_sec, opener=open_with_beam)
+            reader = ClipReader(request.uri, self._options, request.start_sec, request.end_sec, opener=open_with_beam,
+                                part=part.reader_part(self._options) if part else None)
             try:
                 for clip in prefetch(reader, self._prefetch):
                     emitted += 1
@@ -88,22 +93,26 @@ class DecodeClipsFn(beam.DoFn):
                     time.sleep(delay)
                     continue
                 self._clips.inc(emitted)
-                yield self._fail(request, e, e.stage, e.transient, emitted)
+                yield self._fail(request, reader, e, e.stage, e.transient, emitted)
                 return
             except Exception as e:  # noqa: BLE001 - a decoder crash on one file must not end a job of millions;
                 # it is logged with its traceback, counted, and recorded with its type for a bug report.
                 log.exception("unexpected error decoding %s", request.uri)
                 Metrics.counter(NAMESPACE, "unexpected_errors").inc()
                 self._clips.inc(emitted)
-                yield self._fail(request, e, "decode", False, emitted)
+                yield self._fail(request, reader, e, "decode", False, emitted)
                 return
         info = reader.info  # of the attempt that succeeded
-        self._videos_ok.inc()
         self._clips.inc(emitted)
         self._frames.inc(info.decoded_frames)
         self._decode_ms.update(int((time.monotonic() - start) * 1000))
-        yield beam.pvalue.TaggedOutput(INFO, (request.video_id, video_row(request, info)))
-        self._progress.add("video")
+        if part is not None:
+            yield beam.pvalue.TaggedOutput(
+                PARTS, part_record(request, reader.first_target, emitted, info=video_row(request, info)))
+        else:
+            self._videos_ok.inc()
+            yield beam.pvalue.TaggedOutput(INFO, (request.video_id, video_row(request, info)))
+            self._progress.add("video")
         self._report(emitted)
 
     def _report(self, clips: int) -> None:
@@ -127,8 +136,14 @@ class DecodeClips(beam.PTransform):
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         if io_retries < 0:
             raise ValueError(f"io_retries must be >= 0, got {io_retries}")
+        self._options, self._progress = options, progress
         self._fn = DecodeClipsFn(options, prefetch, io_retries, backoff_sec, progress)
 
     def expand(self, requests):
-        out = requests | "Decode" >> beam.ParDo(self._fn).with_outputs(INFO, FAILURES, main="clips")
-        return {"clips": out.clips, INFO: out[INFO], FAILURES: out[FAILURES]}
+        out = requests | "Decode" >> beam.ParDo(self._fn).with_outputs(INFO, FAILURES, PARTS, main="clips")
+        joined = out[PARTS] | "JoinParts" >> JoinParts(self._options, self._progress)
+        return {
+            "clips": out.clips,
+            INFO: (out[INFO], joined[INFO]) | "AllInfo" >> beam.Flatten(),
+            FAILURES: (out[FAILURES], joined[FAILURES]) | "AllDecodeFailures" >> beam.Flatten(),
+        }

@@ -21,10 +21,21 @@ NAMESPACE = "s3d"  # the job's Beam metrics (counters in the Dataflow UI's Job m
 
 
 class VideoRequest(NamedTuple):
+    """A video to decode: the segment [start_sec, end_sec) asked for, or all of it.
+
+    A long video split over workers becomes one request per part (transforms.split), with
+    the same video_id and segment and the part's place in the fields below (None: whole).
+    """
+
     video_id: str
     uri: str
     start_sec: float | None = None
     end_sec: float | None = None
+    part: int | None = None  # this part's index
+    parts: int | None = None  # how many parts the video has
+    first_target: int | None = None  # index k of the video's first sample time
+    first_clip: int | None = None  # the part's first clip
+    next_clip: int | None = None  # the next part's first clip (None: the last part)
 
 
 def stable_id(key: str) -> str:
@@ -56,7 +67,8 @@ class ClipItem:
 
     def metadata(self) -> dict[str, Any]:
         """The clip's row without its features."""
-        fields = {f.name: getattr(self.clip, f.name) for f in dataclasses.fields(Clip) if f.name != "frames"}
+        fields = {f.name: getattr(self.clip, f.name) for f in dataclasses.fields(Clip)
+                  if f.name != "frames" and f.metadata.get("column", True)}
         return {"video_id": self.video_id, "uri": self.uri, **fields}
 
 
