@@ -54,6 +54,7 @@ LOOKAHEAD = 32
 # longer than 1.5 keyframe intervals seen so far (a shorter seek would land before the gap).
 MIN_SEEK_GAP_SEC = 2.0
 SEEK_EARLY_SEC = 1e-3  # a seek asks for a little before the target time
+MAX_RESEEKS = 4  # seeks from further back when one lands past its target; then from the stream's start
 
 
 @dataclasses.dataclass
@@ -200,7 +201,10 @@ class ClipReader:
                         yielded += 1
                         yield self._in_video(clip)
                 return
-            except NeedAllFrames:
+            except NeedAllFrames as e:
+                if decode_all:  # a seek the full pass needs failed (a segment's start, say)
+                    raise CorruptStreamError(self.uri, f"cannot decode the frames asked for: {e}",
+                                             clips_emitted=yielded) from e
                 decoded = self.info.decoded_frames
                 self.info = VideoInfo(uri=self.uri, decoded_frames=decoded)  # the second pass counts anew
             finally:
@@ -307,7 +311,7 @@ class _Decoding:
     # ---- before the first frame ---------------------------------------------------------------
 
     def probe(self) -> _Stream:
-        """Picks the video stream, checks its size, reads rate and duration, seeks to the segment."""
+        """Picks the video stream, checks its size, reads rate and duration."""
         container, opts, info = self.container, self.opts, self.info
         if not container.streams.video:
             kinds = sorted({s.type for s in container.streams}) or ["none"]
@@ -325,9 +329,6 @@ class _Decoding:
         tb = stream.time_base
         t0 = float(stream.start_time * tb) if stream.start_time is not None else None
         info.duration_sec = declared = self._declared_duration(stream)
-        if self.reader.seek_sec > 0 and t0 is not None:
-            container.seek(int((t0 + self.reader.seek_sec) / tb), stream=stream, backward=True, any_frame=False)
-            self._seek, self._seek_landing = (-math.inf, self.reader.seek_sec), True  # checked like any other seek
         return _Stream(stream, tb, t0, declared)
 
     def _declared_duration(self, stream: Any) -> float | None:
@@ -412,16 +413,22 @@ class _Decoding:
         deadline = time.monotonic() + self.opts.max_seconds_per_video
         packets = _Packets(self.container, s.stream)
         self._frame_id, self._stop = 0, False
+        if self.reader.seek_sec > 0 and self.t0 is not None:  # to the segment (or part), checked like any seek
+            self._seek = (-math.inf, self.reader.seek_sec)
+            self._seek_to(packets, s, self.reader.seek_sec)
         try:
             while not self._stop:
                 packet = packets.next()
-                if packet is None:
+                if packet is None and self._seek_landing:  # a seek landed at the end: as if past its target
+                    self._overshot = True
+                elif packet is None:
                     break
-                self._set_skip(packet, packets, s)
-                for frame in packet.decode():
-                    yield from self._on_frame(frame, s, deadline)
-                    if self._stop:
-                        break
+                else:
+                    self._set_skip(packet, packets, s)
+                    for frame in packet.decode():
+                        yield from self._on_frame(frame, s, deadline)
+                        if self._stop:
+                            break
                 if self._overshot:
                     self._seek_again(packets, s)
                 elif not self._stop:
@@ -508,8 +515,11 @@ class _Decoding:
         decoding time, such as AVI, land on a keyframe shown after the time asked for)."""
         self._reseeks += 1
         last, target = self._seek
-        if self._reseeks > 4:
-            raise NeedAllFrames(f"seeks to {target:.3f}s kept landing after it")
+        if self._reseeks > MAX_RESEEKS:
+            # From the stream's start, taking the frames as they come: what decoding from the start gives.
+            self._seek_to(packets, s, -(self.t0 or 0.0))
+            self._seek_landing = False
+            return
         back = 2 ** self._reseeks * max(0.5, float(packets.keyframe_interval * s.time_base))
         self._seek_to(packets, s, max(target - back, last))
 

@@ -74,8 +74,11 @@ class _FrameFile:
             if keep:
                 shape = (self.count, *(self.shape or (0, 0, 3)))
                 out = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.uint8, shape=shape)
-                if self.count:
-                    out[:] = np.fromfile(self._raw.name, np.uint8).reshape(shape)
+                frame_bytes = int(np.prod(shape[1:]))
+                with open(self._raw.name, "rb") as raw:  # a hundred frames at a time: memory stays flat
+                    for start in range(0, self.count, 100):
+                        n = min(100, self.count - start)
+                        out[start: start + n] = np.frombuffer(raw.read(n * frame_bytes), np.uint8).reshape(n, *shape[1:])
                 out.flush()
                 del out
         finally:

@@ -130,6 +130,25 @@ def test_a_seek_that_lands_past_its_target_is_made_again(videos):
     assert less < 0.5 * everything
 
 
+def test_seeks_that_always_land_late_end_in_decoding_from_the_start(videos):
+    """After MAX_RESEEKS late landings (or landings at the end) the reader seeks to the stream's start and
+    takes the frames as they come; a segment's first seek too, in both modes."""
+    original = reader_module._Packets.seek
+
+    def always_late(self, pts):  # a broken index: every seek but to the start lands 100 s on, past the end
+        return original(self, pts + int(100 / self.stream.time_base) if pts > 0 else pts)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(reader_module._Packets, "seek", always_late)
+        assert_same(both(videos["long"], frames_per_clip=16, num_clips=3))
+    reference = both(videos["long"], 20.0, 24.0, frames_per_clip=8)[0]  # seeks land where asked
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(reader_module._Packets, "seek", always_late)
+        late = both(videos["long"], 20.0, 24.0, frames_per_clip=8)
+    assert_same(late)
+    assert_same([reference, late[1]])
+
+
 def test_a_failed_seek_decodes_everything(videos):
     def broken(self, pts):
         raise av.error.InvalidDataError(0, "seek", "stream")
