@@ -98,12 +98,16 @@ def split_run(model: str, input_glob: str, output_prefix: str, split_sec: float)
     busy_at = [t for t, n in timeline if n >= 1]
     both_at = [t for t, n in timeline if n >= 2]
     alone = (busy_at[-1] - both_at[-1]) if busy_at and both_at else 0.0
+    import pyarrow.dataset as ds
+
     from transforms.tables import read_summary
 
     counts = read_summary(output_prefix)["counts"]
+    videos = ds.dataset(os.path.join(output_prefix, "videos"), format="parquet").to_table().to_pylist()
+    longest = max(videos, key=lambda r: r["duration_sec"] or 0)
     return {"split_sec": split_sec, "wall_seconds": wall, "last_worker_alone_seconds": max(0.0, alone),
             "clips": counts["clips"], "videos_split": counts.get("videos_split", 0),
-            "video_parts": counts.get("video_parts", 0)}
+            "video_parts": counts.get("video_parts", 0), "long_decoded_frames": longest["decoded_frames"]}
 
 
 def main() -> None:
