@@ -69,7 +69,7 @@ def split_run(model: str, input_glob: str, output_prefix: str, split_sec: float)
     """The job on 2 worker processes; how long the run took and how long one worker ran alone at its end."""
     cmd = [sys.executable, "-m", "pipeline.extract", "--input", input_glob, "--output_prefix", output_prefix,
            "--model", model, "--split_sec", str(split_sec), "--direct_running_mode", "multi_processing",
-           "--direct_num_workers", "2", "--log_level", "error"]
+           "--direct_num_workers", "2"]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parent = psutil.Process(proc.pid)
