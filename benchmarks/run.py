@@ -115,11 +115,15 @@ def decode_section(model: str, log: Callable[[str], None]) -> str:
         "`pipeline.frames SRC --fps 10 --size 224` (the job's decoder alone; it skips non-reference frames on "
         "screen at no sample time) and the same with `--decode_all` (every frame decoded), against "
         "`ffmpeg -threads 0 -i SRC -vf fps=10,crop=S:S,scale=224:224 -pix_fmt rgb24 -f rawvideo -` read to the end. "
-        "Whole command lines, wall time, alternated round by round, median of 3; both use both cores. "
-        "Identical: the frames of `pipeline.frames --output` and ffmpeg's, compared byte for byte.",
+        "Whole command lines, wall time (Python's start and imports included: about 0.3 s), alternated round by "
+        "round, median of 3; both use both cores; `decode s` is the tool's own timing of its decoding. "
+        "Identical: the frames of `pipeline.frames --output` and those of the same ffmpeg command with "
+        "`fps=10:round=up`, compared byte for byte (plain `fps=10` rounds to the nearest output time and takes "
+        "source frames 1, 4, 7, ...; the job takes the frame on screen at each k/10 s: 0, 3, 6, ...; both filter "
+        "settings cost the same).",
         "",
-        "| source | tool | wall s | decoded frames | ffmpeg / this (speed) | identical frames |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| source | tool | wall s | decode s | decoded frames | ffmpeg / this (wall) | identical frames |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in ("720p_h264", "480p_mpeg4"):
         log(f"decode: preparing {name}")
@@ -129,13 +133,16 @@ def decode_section(model: str, log: Callable[[str], None]) -> str:
             tools["ffmpeg"] = ffmpeg_command(path)
         walls: dict[str, list[float]] = {t: [] for t in tools}
         decoded: dict[str, int] = {}
+        inside: dict[str, list[float]] = {t: [] for t in tools}
         for round_ in range(3):
             for tool, cmd in tools.items():
                 log(f"decode: {name}, {tool}, round {round_ + 1}")
                 wall, out = timed(cmd)
                 walls[tool].append(wall)
                 if tool != "ffmpeg":
-                    decoded[tool] = json.loads(out.decode().strip().splitlines()[-1])["decoded_frames"]
+                    summary = json.loads(out.decode().strip().splitlines()[-1])
+                    decoded[tool] = summary["decoded_frames"]
+                    inside[tool].append(summary["seconds"])
         same = run_json(["benchmarks.decode_less", "identity", "--source", path]) if have_ffmpeg else None
         median = {t: sorted(w)[1] for t, w in walls.items()}
         for tool in tools:
@@ -143,10 +150,20 @@ def decode_section(model: str, log: Callable[[str], None]) -> str:
             ident = ""
             if same is not None and tool == "pipeline.frames":
                 ident = (f"yes, {same['equal_frames']} of {same['frames_ours']}" if same["identical"] else
-                         f"{same['equal_frames']} equal; {same['frames_ours']} vs {same['frames_ffmpeg']} frames")
-            lines.append(f"| {name} | {tool} | {median[tool]:.1f} | {decoded.get(tool, '')} | {ratio} | {ident} |")
+                         f"{same['equal_frames']} of {same['frames_ours']} ({same['frames_ffmpeg']} from ffmpeg), "
+                         f"at most {same['max_abs_difference']} levels apart")
+            own = f"{sorted(inside[tool])[1]:.1f}" if inside[tool] else ""
+            lines.append(f"| {name} | {tool} | {median[tool]:.1f} | {own} | {decoded.get(tool, '')} | {ratio} | {ident} |")
     if not have_ffmpeg:
         lines += ["", "ffmpeg is not installed here (`apt-get install ffmpeg`), so there is no comparison row."]
+    else:
+        version = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.split("\n")[0]
+        import av
+
+        lines += ["", f"ffmpeg here: {version.split(' Copyright')[0]}; PyAV {av.__version__} with FFmpeg "
+                  f"{av.ffmpeg_version_info}. h264 decoding is bit-exact by the standard, so its frames must be "
+                  "identical; MPEG-4 Part 2's inverse DCT is not (the standard allows a tolerance), and the two "
+                  "FFmpeg versions' differ by a level or two on some frames."]
 
     log("decode: --num_clips 10 against sliding windows on a 10-minute 360p video")
     path = make_source("360p_h264_10min", BENCH_CACHE)
@@ -204,10 +221,11 @@ def split_section(model: str, log: Callable[[str], None]) -> str:
         "",
         "The extraction job (stand-in model, 10 fps, 32-frame clips, 224x224) on one 4-minute 360p h264 video and "
         "four 30 s 480p videos, on the local runner with 2 worker processes (`--direct_running_mode "
-        "multi_processing --direct_num_workers 2`). Last worker alone: from the last moment both workers were busy "
-        "(each process's CPU time sampled every 0.25 s) to the end of the work. Alternated, 2 rounds each.",
+        "multi_processing --direct_num_workers 2`). One worker alone: the time, once both had started, that exactly "
+        "one worker process was busy (each one's CPU time sampled every 0.25 s; busy: half a core or more) while "
+        "the other waited for it. Alternated, 2 rounds each.",
         "",
-        "| --split_sec | round | clips | parts | wall s | last worker alone s | long video's decoded frames |",
+        "| --split_sec | round | clips | parts | wall s | one worker alone s | long video's decoded frames |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for split, results in runs.items():
@@ -477,7 +495,7 @@ def main() -> int:
     ]
     if names != list(SECTIONS) and os.path.exists(args.output):
         with open(args.output) as f:
-            text = replace_sections(f.read(), parts, f"Sections {', '.join(names)} re-run with `--only {args.only}` "
+            text = replace_sections(f.read(), parts, f"Section {', '.join(names)} re-run with `--only {args.only}` "
                                     f"on {started:%Y-%m-%d %H:%M} UTC; compare within a section.")
     else:
         text = "\n".join(header) + "\n" + "\n\n".join(parts) + "\n"
