@@ -191,3 +191,24 @@ def test_frames_of_a_part_carry_the_right_indices(long_videos):
         first = next(c for c in clips if c.clip_index == part.first_clip)
         assert decode_index(first.frames[0]) % (28 * 28) == (part.first_clip * 8) % (28 * 28)
     assert json.dumps([p.index for p in parts]) == json.dumps(list(range(len(parts))))
+
+
+def test_join_refuses_parts_that_do_not_fit_together():
+    """A part whose first sample time is not the one the split planned, or a missing part, fails the video."""
+    from transforms.records import VideoRequest
+    from transforms.split import JoinPartsFn, part_record
+
+    request = VideoRequest("v", "/v.mp4", None, None, 0, 2, 0, 0, 5)
+    info = {"video_id": "v", "uri": "/v.mp4", "segment_start_sec": None, "segment_end_sec": None,
+            "num_clips": 5, "decoded_frames": 50, "sampled_frames": 40, "duration_sec": 9.0, "dropped_tail_frames": 0}
+    fn = JoinPartsFn(DecodeOptions(frames_per_clip=8))
+    late = part_record(request, first_target=1, clips=5, info=info)  # the stream started later than the header said
+    second = part_record(request._replace(part=1, first_clip=5, next_clip=None), first_target=40, clips=5, info=info)
+    out = list(fn.process(("v", [late[1], second[1]])))
+    assert len(out) == 1 and out[0].tag == "failures"
+    assert out[0].value["error_type"] == "SplitMismatch" and "--split_sec 0" in out[0].value["message"]
+    assert out[0].value["clips_kept"] == 10
+    missing = list(fn.process(("v", [second[1]])))
+    assert missing[0].value["error_type"] == "SplitMismatch" and "1 of 2 parts" in missing[0].value["message"]
+    joined = list(fn.process(("v", [part_record(request, 0, 5, info=info)[1], second[1]])))
+    assert joined == [("v", {**info, "num_clips": 10, "decoded_frames": 100, "sampled_frames": 5 * 8 + 40})]
