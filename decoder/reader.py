@@ -125,6 +125,15 @@ def open_container(uri: str, opener: Opener | None = None) -> tuple[Any, IO[byte
         raise OpenError(uri, f"not a readable media file: {type(e).__name__}: {e}") from e
 
 
+def declared_duration(container: Any, stream: Any) -> float | None:
+    """The duration the stream's header declares, else the container's, in seconds; None if neither does."""
+    if stream.duration is not None and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
 @dataclasses.dataclass
 class _Stream:
     """What probing the container tells before the first frame."""
@@ -332,11 +341,7 @@ class _Decoding:
         return _Stream(stream, tb, t0, declared)
 
     def _declared_duration(self, stream: Any) -> float | None:
-        if stream.duration is not None and stream.time_base:
-            return float(stream.duration * stream.time_base)
-        if self.container.duration is not None:
-            return self.container.duration / av.time_base
-        return None
+        return declared_duration(self.container, stream)
 
     def _check_pixels(self, width: int, height: int) -> None:
         if width * height > self.opts.max_pixels:

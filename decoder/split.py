@@ -11,7 +11,7 @@ import dataclasses
 import math
 
 from decoder.options import DecodeOptions
-from decoder.reader import LOOKAHEAD, Opener, open_container
+from decoder.reader import LOOKAHEAD, Opener, declared_duration, open_container
 from decoder.sampling import EPS
 
 
@@ -50,11 +50,7 @@ def read_extent(uri: str, opener: Opener | None = None) -> Extent:
             return Extent(None, 0.0)
         stream = container.streams.video[0]
         tb = stream.time_base
-        duration = None
-        if stream.duration is not None and tb:
-            duration = float(stream.duration * tb)
-        elif container.duration is not None:
-            duration = container.duration / 1_000_000
+        duration = declared_duration(container, stream)
         pts = []
         for packet in container.demux(stream):
             if packet.pts is not None:

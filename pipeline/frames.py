@@ -126,9 +126,10 @@ def write_png(path: str, image: np.ndarray) -> None:
 
 
 def _opener(uri: str):
+    """Beam's filesystems for a remote URI; Beam is imported only then (the decoder opens local paths itself)."""
     if is_local(uri):
         return None
-    from transforms.decode import open_with_beam  # Beam's filesystems, only for remote URIs
+    from transforms.inputs import open_with_beam
 
     return open_with_beam
 

@@ -16,6 +16,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from decoder import ClipReader, DecodeOptions, VideoError, prefetch
+from transforms.inputs import open_with_beam
 from transforms.progress import ProgressLog
 from transforms.records import FAILURES, NAMESPACE, ClipItem, VideoRequest, failure_row, video_row
 from transforms.split import INFO, PARTS, JoinParts, part_of, part_record
@@ -23,13 +24,6 @@ from transforms.split import INFO, PARTS, JoinParts, part_of, part_record
 _PROGRESS_EVERY_SEC = 30.0
 
 log = logging.getLogger(__name__)
-
-
-def open_with_beam(uri: str):
-    """The decoder's opener for remote URIs: any filesystem Beam knows (gs://, s3://, ...)."""
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.open(uri, compression_type="application/octet-stream")
 
 
 class DecodeClipsFn(beam.DoFn):

@@ -25,6 +25,14 @@ MANIFEST_KINDS = {".txt": "txt", ".csv": "csv", ".jsonl": "jsonl", ".json": "jso
 BAD_LINES = "bad_lines"
 
 
+def open_with_beam(uri: str):
+    """The decoder's opener for remote URIs: any filesystem Beam knows (gs://, s3://, ...).
+
+    The decoder opens local paths itself, so it is given this opener whatever the URI.
+    """
+    return FileSystems.open(uri, compression_type="application/octet-stream")
+
+
 def input_kind(spec: str) -> str:
     """'glob' for video files, else the manifest kind from the extension."""
     for suffix, kind in MANIFEST_KINDS.items():

@@ -16,8 +16,9 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from decoder import DecodeOptions, is_local
+from decoder import DecodeOptions
 from decoder.split import Part, plan_parts, read_extent
+from transforms.inputs import open_with_beam
 from transforms.progress import ProgressLog
 from transforms.records import FAILURES, NAMESPACE, VideoRequest, failure_row
 
@@ -32,14 +33,6 @@ def part_of(request: VideoRequest) -> Part | None:
     if request.part is None:
         return None
     return Part(request.part, request.parts, request.first_target, request.first_clip, request.next_clip)
-
-
-def _opener(uri: str):
-    if is_local(uri):
-        return None
-    from transforms.decode import open_with_beam
-
-    return open_with_beam
 
 
 class SplitLongVideosFn(beam.DoFn):
@@ -58,7 +51,7 @@ class SplitLongVideosFn(beam.DoFn):
 
     def process(self, request: VideoRequest):
         try:
-            extent = read_extent(request.uri, _opener(request.uri))
+            extent = read_extent(request.uri, open_with_beam)
         except Exception as e:  # noqa: BLE001 - any unreadable header: decoding whole reports it properly
             log.debug("not splitting %s: %s", request.uri, e)
             yield request
