@@ -62,7 +62,9 @@ def _one_load_per_model():
     load = S3DModelHandler.load_model
 
     def load_once(self):
-        key = f"{self._handle}@{self._precision}"
+        # A text handler loads the float32 model at any precision: the key is what is loaded, or a
+        # bfloat16 text job would leave a float32 model under the bfloat16 key for the next video job.
+        key = f"{self._handle}@{self._precision if self._task == 'video' else 'float32'}"
         if key not in loaded:
             loaded[key] = load(self)
         return loaded[key]
