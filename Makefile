@@ -7,6 +7,7 @@ SUPPORTED_PYTHONS := 3.13 3.12 3.11
 PYTHON ?= $(firstword $(foreach v,$(SUPPORTED_PYTHONS),$(shell python$(v) -c 'import sys' >/dev/null 2>&1 && echo python$(v))))
 VENV ?= .venv
 # dev (tests, lint), gcp (Dataflow), convert (PyTorch, only to read the authors' checkpoint).
+# `make bench` adds bench (the index libraries faiss is compared with; hnswlib compiles from source).
 EXTRAS ?= dev,convert,gcp
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -84,7 +85,12 @@ demo: $(STAMP) $(STANDIN)/saved_model.pb
 ffmpeg:
 	$(call apt_tool,ffmpeg,the decode benchmark runs without its comparison)
 
-bench: $(STAMP) $(STANDIN)/saved_model.pb ffmpeg
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS),bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) $(STANDIN)/saved_model.pb ffmpeg
 	$(PY) -m benchmarks.run --model $(STANDIN) --output BENCHMARKS.md
 
 lint: $(STAMP)

@@ -22,6 +22,8 @@ INSTALL_REQUIRES = [
     "psutil>=7.0",
     "threadpoolctl==3.8.0",
     "pillow==12.3.0",
+    # The approximate index (pipeline.index): chosen by measurement, BENCHMARKS.md. One abi3 wheel for 3.11-3.13.
+    "faiss-cpu==1.15.1",
 ]
 
 EXTRAS_REQUIRE = {
@@ -32,6 +34,8 @@ EXTRAS_REQUIRE = {
     # Only to read the authors' PyTorch checkpoint (s3d.convert). The CPU build: 2.13.0 is the
     # one this workplace's machines carry on disk; a looser pin would fetch a multi-GB CUDA build.
     "convert": ["torch==2.13.0"],
+    # The index benchmark compares faiss with these two (benchmarks/index_compare.py).
+    "bench": ["usearch==2.26.6", "hnswlib==0.8.0"],
 }
 
 setup(
@@ -47,7 +51,7 @@ setup(
         "Programming Language :: Python :: 3.13",
     ],
     packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "decoder", "decoder.*", "s3d", "s3d.*",
-                                    "synthetic", "synthetic.*"]),
+                                    "synthetic", "synthetic.*", "vector_index", "vector_index.*"]),
     package_data={"s3d": ["standin_vocab.txt", "state_dict_layout.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
@@ -60,6 +64,7 @@ setup(
             "s3d-search=pipeline.search:main",
             "s3d-check-run=pipeline.check_run:main",
             "s3d-frames=pipeline.frames:main",
+            "s3d-index=pipeline.index:main",
         ],
     },
 )

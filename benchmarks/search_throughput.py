@@ -1,4 +1,4 @@
-"""Search throughput on a synthetic clips table, streaming vs an in-memory numpy matmul.
+"""Search throughput on a generated clips table, streaming vs an in-memory numpy matmul.
 
     python -m benchmarks.search_throughput --table DIR --queries 16 --mode streaming|in_memory
 
@@ -19,39 +19,58 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from synthetic.embeddings import CLIPS_PER_VIDEO, DIM, clip_embeddings, queries_near, topics
 from transforms.tables import CLIPS_SCHEMA, with_run_metadata
+
+GENERATOR = 2  # bump when the vectors change: a cached table made by another generator is rebuilt
 
 
 def make_table(directory: str, rows: int, files: int = 20, row_group: int = 16_384) -> str:
-    """Writes `rows` random clips in `files` shards under DIRECTORY/clips (once) and a run summary."""
+    """Writes `rows` generated clips in `files` shards under DIRECTORY/clips (once) and a run summary."""
     clips = os.path.join(directory, "clips")
     done = os.path.join(directory, "run_summary.json")
     if os.path.exists(done):
-        return directory
+        with open(done) as f:
+            if json.load(f).get("generator") == GENERATOR:
+                return directory
+        for name in os.listdir(clips):
+            os.remove(os.path.join(clips, name))
+        os.remove(done)
     os.makedirs(clips, exist_ok=True)
     schema = with_run_metadata(
         pa.schema([f for f in CLIPS_SCHEMA if f.name != "mixed_5c"]), {"model": "synthetic", "preprocessing": {}}
     )
-    rng = np.random.default_rng(0)
+    centres = topics()
     per_file = rows // files
+    if per_file % CLIPS_PER_VIDEO or rows % files:
+        raise ValueError(f"rows ({rows}) must split into {files} files of whole {CLIPS_PER_VIDEO}-clip videos")
     for f in range(files):
-        n = per_file if f < files - 1 else rows - per_file * (files - 1)
-        ids = np.arange(f * per_file, f * per_file + n)
-        emb = rng.normal(size=(n, 512)).astype(np.float32)
+        ids = np.arange(f * per_file, (f + 1) * per_file)
+        emb = clip_embeddings(centres, per_file // CLIPS_PER_VIDEO, np.random.default_rng([GENERATOR, f]))
+        video = ids // CLIPS_PER_VIDEO
         table = pa.table({
-            "video_id": pa.array([f"v{i // 20:07d}" for i in ids]),
-            "uri": pa.array([f"gs://bucket/videos/v{i // 20:07d}.mp4" for i in ids]),
-            "clip_index": pa.array(ids % 20, pa.int32()),
-            "start_sec": pa.array((ids % 20) * 3.2),
-            "end_sec": pa.array((ids % 20) * 3.2 + 3.2),
-            "num_frames": pa.array(np.full(n, 32), pa.int32()),
-            "padded": pa.array(np.zeros(n, bool)),
-            "video_embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), 512),
+            "video_id": pa.array([f"v{i:07d}" for i in video]),
+            "uri": pa.array([f"gs://bucket/videos/v{i:07d}.mp4" for i in video]),
+            "clip_index": pa.array(ids % CLIPS_PER_VIDEO, pa.int32()),
+            "start_sec": pa.array((ids % CLIPS_PER_VIDEO) * 3.2),
+            "end_sec": pa.array((ids % CLIPS_PER_VIDEO) * 3.2 + 3.2),
+            "num_frames": pa.array(np.full(per_file, 32), pa.int32()),
+            "padded": pa.array(np.zeros(per_file, bool)),
+            "video_embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), DIM),
         }, schema=schema)
         pq.write_table(table, os.path.join(clips, f"clips-{f:05d}-of-{files:05d}.parquet"), row_group_size=row_group)
     with open(done, "w") as out:
-        json.dump({"status": "complete", "synthetic": True, "rows": rows}, out)
+        json.dump({"status": "complete", "synthetic": True, "rows": rows, "generator": GENERATOR}, out)
     return directory
+
+
+def load_vectors(directory: str, files: int | None = None) -> np.ndarray:
+    """The clip embeddings of a benchmark table (of its first `files` files), float32 [N, 512], in file order."""
+    from pipeline.search import table_files
+
+    paths = table_files(directory, "clip")[:files]
+    parts = [pq.read_table(f, columns=["video_embedding"]).column(0).combine_chunks() for f in paths]
+    return np.concatenate([p.values.to_numpy().reshape(len(p), -1) for p in parts])
 
 
 def main() -> None:
@@ -64,8 +83,9 @@ def main() -> None:
 
     from pipeline.search import search, table_files
 
-    queries = np.random.default_rng(1).normal(size=(args.queries, 512)).astype(np.float32)
     files = table_files(args.table, "clip")
+    # From the first file only, so the streaming run's peak memory stays its own.
+    queries = queries_near(load_vectors(args.table, files=1), args.queries)
     result = {"mode": args.mode, "queries": args.queries}
     if args.mode == "streaming":
         start = time.perf_counter()

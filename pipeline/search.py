@@ -1,12 +1,15 @@
-"""Text-to-video search over an extraction run: rank clips or videos by dot product with a sentence.
+"""Text-to-video search over extraction runs: rank clips or videos by dot product with a sentence.
 
-    python -m pipeline.search --features out/run1 --query "cut the tomato" [--level clip|video] [--top_k 10]
-                              [--output ranking.parquet|.csv] [--html results.html]
+    python -m pipeline.search --features out/run1[,out/run2] --query "cut the tomato" [--level clip|video]
+                              [--top_k 10] [--output ranking.parquet|.csv] [--html results.html]
+    python -m pipeline.search --index out/index --query "cut the tomato" [--exact] [--ef_search N]
 
-Streams the Parquet files row group by row group on a thread pool, keeping the top k
-per query, so memory stays bounded whatever the number of clips. Queries are embedded
-with the model the features were extracted with (recorded in the files' metadata); a
-query model or `texts` table from another model is refused.
+With --features (exact, the default): streams the Parquet files row group by row group on
+a thread pool, keeping the top k per query, so memory stays bounded whatever the number
+of clips. With --index: asks the approximate index `pipeline.index` built (milliseconds
+instead of a pass over every embedding); --exact searches the index's runs exactly instead.
+Queries are embedded with the model the features were extracted with (recorded in the
+files' metadata and the index); a query model or `texts` table from another model is refused.
 """
 
 from __future__ import annotations
@@ -29,15 +32,10 @@ from threadpoolctl import threadpool_limits
 from decoder import is_local
 from s3d.loader import ModelLoadError
 from s3d.quiet import add_log_level_arguments, set_up_console
-from transforms.layout import SUMMARY_NAME, table_glob
+from transforms.layout import EMBEDDING, LEVEL_COLUMNS, LEVEL_TABLE, SUMMARY_NAME, table_glob
 from transforms.tables import read_run_metadata, read_summary
-
-LEVEL_TABLE = {"clip": "clips", "video": "videos"}
-LEVEL_COLUMNS = {
-    "clip": ["video_id", "uri", "clip_index", "start_sec", "end_sec"],
-    "video": ["video_id", "uri", "duration_sec", "num_clips"],
-}
-EMBEDDING = "video_embedding"
+from vector_index import IndexProblem, read_manifest
+from vector_index.searcher import IndexSearcher
 
 
 class SearchError(ValueError):
@@ -245,14 +243,23 @@ def print_ranking(rows: list[dict], level: str, out=None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.search", description=__doc__.splitlines()[0])
-    parser.add_argument("--features", required=True, help="output prefix of a pipeline.extract run")
+    where = parser.add_argument_group("what to search (one of)")
+    where.add_argument("--features", help="output prefix(es) of pipeline.extract runs, comma-separated: exact search")
+    where.add_argument("--index", help="an index directory made by pipeline.index: approximate search")
+    where.add_argument("--exact", action="store_true",
+                       help="with --index: search the runs the index holds exactly instead (the reference; also "
+                       "the way round a damaged index)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--query", action="append", help="a sentence to search for (repeat for several)")
     source.add_argument("--queries", help="a .txt file of sentences, one a line")
     source.add_argument("--texts", help="output prefix of a pipeline.embed_text run: its sentences are the queries")
-    parser.add_argument("--level", choices=sorted(LEVEL_TABLE), default="clip",
-                        help="rank clips, or whole videos by their mean embedding (default: clip)")
+    parser.add_argument("--level", choices=sorted(LEVEL_TABLE), default=None,
+                        help="rank clips, or whole videos by their mean embedding (default: clip; with --index, "
+                        "the index's level)")
     parser.add_argument("--top_k", type=int, default=10, help="results per query (default: 10)")
+    parser.add_argument("--ef_search", type=int, default=None,
+                        help="with --index: candidates per query and shard (default: the index's); higher finds "
+                        "more of the true top k, slower")
     parser.add_argument("--model", help="model to embed --query/--queries with (default: the one the features were "
                         "made with, from their metadata; another one is refused)")
     parser.add_argument("--output", help="also write the ranking to this .parquet or .csv file")
@@ -263,36 +270,87 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     set_up_console(args.log_level)  # before TensorFlow loads
 
+    searcher = None
     try:
-        check_complete(args.features, args.force)
-        files = table_files(args.features, args.level)
-        meta = features_metadata(files)
+        if bool(args.features) == bool(args.index):
+            raise SearchError("give --features (exact search over runs) or --index (an index from pipeline.index), "
+                              "one of the two")
+        if args.exact and not args.index:
+            raise SearchError("--exact goes with --index (search over --features is always exact)")
+        if args.ef_search is not None and (not args.index or args.exact):
+            raise SearchError("--ef_search goes with --index (approximate search)")
+        if args.index and not args.exact:
+            searcher, level, meta = _open_index(args)
+            files = []
+        else:
+            prefixes = _split(args.features) if args.features else _index_runs(args.index)
+            level = args.level or "clip"
+            for prefix in prefixes:
+                check_complete(prefix, args.force)
+            files = [f for prefix in prefixes for f in table_files(prefix, level)]
+            meta = features_metadata(files)
+        what = f"--index {args.index!r}" if args.index else f"--features {args.features!r}"
         made_with = meta.get("model")
         if args.texts:
             queries = texts_queries(args.texts)
         else:
             if args.model and made_with and args.model != made_with:
-                raise SearchError(f"--features {args.features!r} were made with model {made_with!r}, not --model "
+                raise SearchError(f"{what} were made with model {made_with!r}, not --model "
                                   f"{args.model!r}: embeddings of different models are not comparable")
             texts = args.query or _read_lines(args.queries)
             queries = embed_queries(texts, args.model or made_with)
         if made_with and queries.model != made_with:
-            raise SearchError(f"the queries were embedded with model {queries.model!r} but --features "
-                              f"{args.features!r} with {made_with!r}: embeddings of different models are not comparable")
-        top = search(files, queries.embeddings, args.level, args.top_k, args.threads)
-        rows = ranking_rows(queries, top, args.level)
+            raise SearchError(f"the queries were embedded with model {queries.model!r} but {what} with "
+                              f"{made_with!r}: embeddings of different models are not comparable")
+        if searcher is not None:
+            top = searcher.search(queries.embeddings, args.top_k, args.ef_search)
+        else:
+            top = search(files, queries.embeddings, level, args.top_k, args.threads)
+        rows = ranking_rows(queries, top, level)
         if args.output:
             write_ranking(rows, args.output)
-    except (SearchError, ModelLoadError, OSError) as e:
+    except (SearchError, IndexProblem, ModelLoadError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print_ranking(rows, args.level)
+    finally:
+        if searcher is not None:
+            searcher.close()
+    print_ranking(rows, level)
     if args.html:
         from pipeline.search_html import write_html
 
-        write_html(args.html, rows, args.level, meta)
+        write_html(args.html, rows, level, meta)
         print(f"\nwrote {args.html}", file=sys.stderr)
     return 0
+
+
+def _split(features: str) -> list[str]:
+    prefixes = list(dict.fromkeys(p.strip() for p in features.split(",") if p.strip()))
+    if not prefixes:
+        raise SearchError(f"--features {features!r} names no run")
+    return prefixes
+
+
+def _open_index(args) -> tuple[IndexSearcher, str, dict]:
+    """The loaded index, its level (checked against --level) and its metadata."""
+    searcher = IndexSearcher(args.index, threads=args.threads)
+    manifest = searcher.manifest
+    if args.level and args.level != manifest.level:
+        searcher.close()
+        raise SearchError(f"--level {args.level} but the index at {args.index!r} is of {manifest.level}s: build a "
+                          f"{args.level} index (pipeline.index --level {args.level}), or search with --exact")
+    if args.ef_search is not None and args.ef_search < 1:
+        searcher.close()
+        raise SearchError(f"--ef_search must be >= 1, got {args.ef_search}")
+    return searcher, manifest.level, {"model": manifest.model, "preprocessing": manifest.preprocessing}
+
+
+def _index_runs(index_dir: str) -> list[str]:
+    """The runs an index holds, for --exact: read from its manifest."""
+    manifest = read_manifest(index_dir)
+    if manifest is None:
+        raise SearchError(f"no index at {index_dir!r} (no index.json): search the runs with --features instead")
+    return [run["features"] for run in manifest.runs]
 
 
 def _read_lines(path: str) -> list[str]:

@@ -302,3 +302,31 @@ def test_wait_false_submits_and_returns_without_waiting(tmp_path, monkeypatch):
     # Local runs always wait: the same flag on the local runner runs the job to the end.
     local = PipelineOptions(["--wait=false"])
     assert runner.runs_locally(local)
+
+
+def test_the_index_job_builds_as_a_dataflow_job(tmp_path, monkeypatch):
+    # The shards are planned from the runs' footers before the job (gs:// is not reachable here), so the
+    # plan is given; what is checked is the job Dataflow would get: its steps, pickled DoFns, the package.
+    from pipeline.index import IndexOptions
+    from transforms.index import BuildIndex, ShardSpec
+    from vector_index import Manifest
+
+    monkeypatch.chdir(ROOT)
+    options = PipelineOptions(dataflow_args(tmp_path, "--setup_file", "./setup.py") + ["--features", "gs://bucket/features/run1", "--output", "gs://bucket/index"])
+    assert options.view_as(IndexOptions).output == "gs://bucket/index"
+    base = Manifest(level="clip", quantization="f16", model="gs://bucket/models/mil-nce-s3d-1", preprocessing={},
+                    dim=512, params={"m": 16, "ef_construction": 64, "ef_search": 64}, library="faiss-cpu")
+    specs = [ShardSpec(f"b-run000-{i:05d}", "gs://bucket/features/run1",
+                       ((f"gs://bucket/features/run1/clips/clips-{i:05d}-of-00002.parquet", 0, 1000),))
+             for i in range(2)]
+    p = create_pipeline(options)
+    _ = p | "BuildIndex" >> BuildIndex("gs://bucket/index", specs, base, [{"features": "gs://bucket/features/run1"}])
+    result = p.run()
+    names = {t.unique_name for t in p.runner.proto_pipeline.components.transforms.values()}
+    for step in ("BuildIndex/Shards", "BuildIndex/Spread", "BuildIndex/BuildShard", "BuildIndex/AllShards",
+                 "BuildIndex/WriteManifest"):
+        assert step in names, step
+    staged = [json.dumps(str(dep)) for env in p.runner.proto_pipeline.components.environments.values()
+              for dep in env.dependencies]
+    assert any("workflow.tar.gz" in s for s in staged)
+    assert result.job.options.view_as(IndexOptions).features == "gs://bucket/features/run1"

@@ -52,6 +52,18 @@ def test_worker_image_installs_into_the_system_interpreter(name):
     assert "pip install '.[gcp]'" in runs and "pip check" in runs
 
 
+@pytest.mark.parametrize("name", [*WORKER_IMAGES, "flex.Dockerfile"])
+def test_every_image_copies_every_package_setup_py_ships(name):
+    # A package missing from the image installs nothing and fails on the worker at import time.
+    with open(os.path.join(ROOT, "setup.py"), encoding="utf-8") as f:
+        include = re.search(r"find_packages\(include=\[([^\]]*)\]", f.read()).group(1)
+    packages = {p for p in re.findall(r'"([\w.*]+)"', include) if "." not in p}
+    assert {"pipeline", "transforms", "vector_index"} <= packages
+    copies = {args for kw, args in _instructions(_read(name)) if kw == "COPY"}
+    missing = sorted(p for p in packages if f"{p} ./{p}" not in copies)
+    assert not missing, f"{name} does not copy {missing}"
+
+
 def test_gpu_image_has_one_cudnn_and_says_which_cuda_tensorflow_was_built_against():
     text = _read("Dockerfile")
     steps = _instructions(text)

@@ -16,6 +16,14 @@ from decoder import is_local, local_path
 
 SUMMARY_NAME = "run_summary.json"
 
+# What search ranks at each level: the table it reads and the columns a result carries.
+LEVEL_TABLE = {"clip": "clips", "video": "videos"}
+LEVEL_COLUMNS = {
+    "clip": ["video_id", "uri", "clip_index", "start_sec", "end_sec"],
+    "video": ["video_id", "uri", "duration_sec", "num_clips"],
+}
+EMBEDDING = "video_embedding"  # the column search and the index score (the joint text-video space)
+
 
 def table_prefix(output_prefix: str, table: str) -> str:
     """The shard prefix of a table: PREFIX/TABLE/TABLE (shards add -SSSSS-of-NNNNN.parquet)."""
