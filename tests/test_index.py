@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.io.localfilesystem import LocalFileSystem
 
 from pipeline import index as index_job
 from pipeline import search
@@ -352,3 +353,59 @@ def test_video_level_index(runs, tmp_path):
     assert set(hits.rows[0][0]) == {"video_id", "uri", "duration_sec", "num_clips"}
     with open(os.path.join(output, "index.json")) as f:
         assert json.load(f)["level"] == "video"
+
+
+class ObjectStore(LocalFileSystem):
+    """store:///path is /path, reached only through Beam's FileSystems, as gs:// or s3:// are: the index's
+    code takes its object-store paths (uploads, downloads to a cache) for it."""
+
+    PREFIX = "store://"
+
+    @classmethod
+    def scheme(cls):
+        return "store"
+
+    def _local(self, path: str) -> str:
+        return path[len(self.PREFIX):] if path.startswith(self.PREFIX) else path
+
+    def match(self, patterns, limits=None):
+        results = super().match([self._local(p) for p in patterns], limits)
+        for result in results:
+            for m in result.metadata_list:
+                m.path = self.PREFIX + m.path
+        return results
+
+    def create(self, path, *args, **kwargs):
+        return super().create(self._local(path), *args, **kwargs)
+
+    def open(self, path, mime_type="application/octet-stream", compression_type=None):
+        return super().open(self._local(path), mime_type, "uncompressed")
+
+    def exists(self, path):
+        return super().exists(self._local(path))
+
+    def delete(self, paths):
+        return super().delete([self._local(p) for p in paths])
+
+
+def test_runs_and_index_on_an_object_store(runs, tmp_path, capsys):
+    features, output = f"store://{runs['a']}", f"store://{tmp_path}/index"
+    assert build(features, output, "--shard_rows", "500") == 0
+    assert len(os.listdir(tmp_path / "index" / "shards")) == 3 * 2  # uploaded through FileSystems
+    manifest = read_manifest(output)
+    assert manifest.runs[0]["features"] == features and manifest.rows == 1200
+    texts = write_texts(str(tmp_path / "texts"), queries_near(runs["a_emb"], 3))
+    approx, ref = str(tmp_path / "a.parquet"), str(tmp_path / "e.parquet")
+    assert search.main(["--index", output, "--texts", texts, "--output", approx]) == 0
+    assert search.main(["--features", runs["a"], "--texts", texts, "--output", ref]) == 0
+    assert recall([[r for r in pq.read_table(approx).to_pylist() if r["query_id"] == q] for q in ("t0", "t1", "t2")],
+                  [[r for r in pq.read_table(ref).to_pylist() if r["query_id"] == q] for q in ("t0", "t1", "t2")]) == 1.0
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    searcher = IndexSearcher(output, cache_dir=str(cache))  # shard files are downloaded, then checked
+    assert len(os.listdir(cache)) == 3 * 2 and searcher.search(queries_near(runs["a_emb"], 1), 3).rows[0]
+    _corrupt(str(tmp_path / "index" / "shards" / f"{manifest.shards[0]['name']}.faiss"))
+    with pytest.raises(IndexDamaged, match="is damaged"):
+        IndexSearcher(output)  # a fresh download of the altered file
+    capsys.readouterr()
+    assert search.main(["--index", output, "--exact", "--texts", texts]) == 0  # the runs, read from the store
