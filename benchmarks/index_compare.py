@@ -159,8 +159,12 @@ def main() -> None:
         library.build(vectors, args.quantization, args.output, args.m, args.ef_construction)
         print(json.dumps({"build_s": time.perf_counter() - start, "size_bytes": os.path.getsize(args.output),
                           "rows": len(vectors), "raw_f16_bytes": vectors.shape[0] * vectors.shape[1] * 2}))
-        return
+    else:
+        print(json.dumps(query_step(args, library)))
 
+
+def query_step(args, library: Library) -> dict:
+    """Loads the saved index, raises ef_search to the target recall, and times queries at that ef."""
     vectors = np.load(args.vectors, mmap_mode="r")
     dim = vectors.shape[1]
     queries = queries_near(np.asarray(vectors[:50_000]), QUERIES)
@@ -194,11 +198,11 @@ def main() -> None:
         t = time.perf_counter()
         library.search(queries[i:i + 16], os.cpu_count() or 1)
         batch.append(time.perf_counter() - t)
-    print(json.dumps({
+    return {
         "ef_search": ef, "recall_at_10": sweep[ef], "sweep": sweep, "load_s": load_s, "memory_bytes": memory,
         "one_p50_ms": float(np.percentile(one, 50) * 1e3), "one_p99_ms": float(np.percentile(one, 99) * 1e3),
         "batch16_p50_ms": float(np.percentile(batch, 50) * 1e3), "batch16_p99_ms": float(np.percentile(batch, 99) * 1e3),
-    }))
+    }
 
 
 if __name__ == "__main__":

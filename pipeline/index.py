@@ -28,7 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 from decoder import is_local
 from pipeline.console import configure_logging
 from pipeline.runner import BEAM_EPILOG, check_worker_packaging, create_pipeline, runs_locally
-from pipeline.search import check_complete, features_metadata, table_files
+from pipeline.search import check_complete, features_metadata, split_prefixes, table_files
 from s3d.architecture import EMBEDDING_DIM
 from s3d.quiet import add_log_level_arguments
 from transforms.index import BuildIndex, ShardSpec, plan_shards
@@ -87,8 +87,7 @@ class IndexOptions(PipelineOptions):
 
     def prefixes(self) -> list[str]:
         """The runs, once each; local ones as absolute paths, so `search --exact` finds them from anywhere."""
-        given = [p.strip().rstrip("/") for p in self.features.split(",") if p.strip()]
-        return list(dict.fromkeys(os.path.abspath(p) if is_local(p) else p for p in given))
+        return list(dict.fromkeys(os.path.abspath(p) if is_local(p) else p for p in split_prefixes(self.features)))
 
 
 def summary_digest(prefix: str) -> str | None:

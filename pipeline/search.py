@@ -29,11 +29,10 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from threadpoolctl import threadpool_limits
 
-from decoder import is_local
 from s3d.loader import ModelLoadError
 from s3d.quiet import add_log_level_arguments, set_up_console
 from transforms.layout import EMBEDDING, LEVEL_COLUMNS, LEVEL_TABLE, SUMMARY_NAME, table_glob
-from transforms.tables import read_run_metadata, read_summary
+from transforms.tables import open_parquet, read_run_metadata, read_summary
 from vector_index import IndexProblem, read_manifest
 from vector_index.searcher import IndexSearcher
 
@@ -58,19 +57,11 @@ def table_files(prefix: str, level: str) -> list[str]:
     return files
 
 
-def _open(path: str, metadata: pq.FileMetaData | None = None) -> pq.ParquetFile:
-    """Opens a Parquet file; given its footer (`metadata`), does not read it again."""
-    # pre_buffer coalesces a row group's column reads (measured: about 2x faster on the embedding column).
-    if not is_local(path):
-        return pq.ParquetFile(FileSystems.open(path), metadata=metadata, pre_buffer=True)
-    return pq.ParquetFile(path, metadata=metadata, memory_map=True, pre_buffer=True)
-
-
 def features_metadata(files: Sequence[str]) -> dict:
     """The run metadata all files share; refuses files from different models or preprocessing."""
     first = None
     for path in files:
-        meta = read_run_metadata(_open(path).schema_arrow)
+        meta = read_run_metadata(open_parquet(path).schema_arrow)
         key = (meta.get("model"), json.dumps(meta.get("preprocessing"), sort_keys=True))
         if first is None:
             first = (path, key, meta)
@@ -111,7 +102,7 @@ def texts_queries(prefix: str) -> Queries:
     files = sorted(m.path for m in FileSystems.match([table_glob(prefix, "texts")])[0].metadata_list)
     if not files:
         raise SearchError(f"no texts table under --texts {prefix!r}")
-    tables = [_open(f).read() for f in files]
+    tables = [open_parquet(f).read() for f in files]
     models = {read_run_metadata(t.schema).get("model") for t in tables}
     if len(models) != 1:
         raise SearchError(f"--texts {prefix!r} mixes embeddings of several models: {sorted(map(str, models))}")
@@ -148,7 +139,7 @@ class TopK:
                 wanted.setdefault((f, rg), set()).add(row)
         fields: dict[tuple[int, int, int], dict] = {}
         for (f, rg), rows in wanted.items():
-            table = _open(files[f]).read_row_group(rg, columns=columns)
+            table = open_parquet(files[f]).read_row_group(rg, columns=columns)
             ordered = sorted(rows)
             for row, values in zip(ordered, table.take(pa.array(ordered)).to_pylist(), strict=True):
                 fields[(f, rg, row)] = values
@@ -159,7 +150,7 @@ def _block_candidates(
     file_index: int, path: str, footer: pq.FileMetaData, row_group: int, queries: np.ndarray, k: int
 ):
     """Scores one row group (its embedding column only); returns per query its k best (scores, keys)."""
-    table = _open(path, footer).read_row_group(row_group, columns=[EMBEDDING], use_threads=False)
+    table = open_parquet(path, footer).read_row_group(row_group, columns=[EMBEDDING], use_threads=False)
     n = table.num_rows
     if n == 0:
         return []
@@ -178,7 +169,7 @@ def _block_candidates(
 def _row_groups(files: Sequence[str]) -> Iterator[tuple[int, str, pq.FileMetaData, int]]:
     """(file index, path, footer, row group) for every row group; each footer is read once."""
     for f, path in enumerate(files):
-        footer = _open(path).metadata
+        footer = open_parquet(path).metadata
         for i in range(footer.num_row_groups):
             yield f, path, footer, i
 
@@ -241,7 +232,7 @@ def print_ranking(rows: list[dict], level: str, out=None) -> None:
         print(f"  {r['rank']:3d}  {r['score']:9.4f}  {where} {r['uri']}", file=out)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline.search", description=__doc__.splitlines()[0])
     where = parser.add_argument_group("what to search (one of)")
     where.add_argument("--features", help="output prefix(es) of pipeline.extract runs, comma-separated: exact search")
@@ -267,41 +258,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="threads scoring row groups (default: all cores)")
     parser.add_argument("--force", action="store_true", help="search a run that has no run summary (incomplete)")
     add_log_level_arguments(parser)
-    args = parser.parse_args(argv)
-    set_up_console(args.log_level)  # before TensorFlow loads
+    return parser
 
+
+def _source(args) -> tuple[IndexSearcher | None, str, list[str], dict]:
+    """(the loaded index or None, level, features files for exact search, metadata), checked against the flags."""
+    if bool(args.features) == bool(args.index):
+        raise SearchError("give --features (exact search over runs) or --index (an index from pipeline.index), "
+                          "one of the two")
+    if args.exact and not args.index:
+        raise SearchError("--exact goes with --index (search over --features is always exact)")
+    if args.ef_search is not None and (not args.index or args.exact):
+        raise SearchError("--ef_search goes with --index (approximate search)")
+    if args.index and not args.exact:
+        searcher, level, meta = _open_index(args)
+        return searcher, level, [], meta
+    prefixes = split_prefixes(args.features) if args.features else _index_runs(args.index)
+    level = args.level or "clip"
+    for prefix in prefixes:
+        check_complete(prefix, args.force)
+    files = [f for prefix in prefixes for f in table_files(prefix, level)]
+    return None, level, files, features_metadata(files)
+
+
+def _queries(args, made_with: str | None) -> Queries:
+    """The queries, embedded with (or checked against) the model the searched embeddings were made with."""
+    what = f"--index {args.index!r}" if args.index else f"--features {args.features!r}"
+    if args.texts:
+        queries = texts_queries(args.texts)
+    else:
+        if args.model and made_with and args.model != made_with:
+            raise SearchError(f"{what} were made with model {made_with!r}, not --model "
+                              f"{args.model!r}: embeddings of different models are not comparable")
+        queries = embed_queries(args.query or _read_lines(args.queries), args.model or made_with)
+    if made_with and queries.model != made_with:
+        raise SearchError(f"the queries were embedded with model {queries.model!r} but {what} with "
+                          f"{made_with!r}: embeddings of different models are not comparable")
+    return queries
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    set_up_console(args.log_level)  # before TensorFlow loads
     searcher = None
     try:
-        if bool(args.features) == bool(args.index):
-            raise SearchError("give --features (exact search over runs) or --index (an index from pipeline.index), "
-                              "one of the two")
-        if args.exact and not args.index:
-            raise SearchError("--exact goes with --index (search over --features is always exact)")
-        if args.ef_search is not None and (not args.index or args.exact):
-            raise SearchError("--ef_search goes with --index (approximate search)")
-        if args.index and not args.exact:
-            searcher, level, meta = _open_index(args)
-            files = []
-        else:
-            prefixes = _split(args.features) if args.features else _index_runs(args.index)
-            level = args.level or "clip"
-            for prefix in prefixes:
-                check_complete(prefix, args.force)
-            files = [f for prefix in prefixes for f in table_files(prefix, level)]
-            meta = features_metadata(files)
-        what = f"--index {args.index!r}" if args.index else f"--features {args.features!r}"
-        made_with = meta.get("model")
-        if args.texts:
-            queries = texts_queries(args.texts)
-        else:
-            if args.model and made_with and args.model != made_with:
-                raise SearchError(f"{what} were made with model {made_with!r}, not --model "
-                                  f"{args.model!r}: embeddings of different models are not comparable")
-            texts = args.query or _read_lines(args.queries)
-            queries = embed_queries(texts, args.model or made_with)
-        if made_with and queries.model != made_with:
-            raise SearchError(f"the queries were embedded with model {queries.model!r} but {what} with "
-                              f"{made_with!r}: embeddings of different models are not comparable")
+        searcher, level, files, meta = _source(args)
+        queries = _queries(args, meta.get("model"))
         if searcher is not None:
             top = searcher.search(queries.embeddings, args.top_k, args.ef_search)
         else:
@@ -324,8 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _split(features: str) -> list[str]:
-    prefixes = list(dict.fromkeys(p.strip() for p in features.split(",") if p.strip()))
+def split_prefixes(features: str) -> list[str]:
+    """Comma-separated run prefixes, once each, in order (trailing slashes dropped)."""
+    prefixes = list(dict.fromkeys(p.strip().rstrip("/") for p in features.split(",") if p.strip()))
     if not prefixes:
         raise SearchError(f"--features {features!r} names no run")
     return prefixes

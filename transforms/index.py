@@ -28,6 +28,7 @@ from apache_beam.metrics import Metrics
 from decoder import is_local, local_path
 from transforms.layout import EMBEDDING, LEVEL_COLUMNS
 from transforms.records import NAMESPACE
+from transforms.tables import open_parquet
 from vector_index import library
 from vector_index.manifest import Manifest, file_digest, shard_path, write_manifest
 from vector_index.searcher import INDEX_SUFFIX, LOCATORS_SUFFIX
@@ -47,12 +48,6 @@ class ShardSpec:
     @property
     def rows(self) -> int:
         return sum(n for _, _, n in self.parts)
-
-
-def open_parquet(path: str) -> pq.ParquetFile:
-    if is_local(path):
-        return pq.ParquetFile(local_path(path), memory_map=True)
-    return pq.ParquetFile(FileSystems.open(path))
 
 
 def plan_shards(features: str, files: list[str], shard_rows: int, name_prefix: str) -> list[ShardSpec]:
