@@ -15,7 +15,7 @@ from typing import Any
 import apache_beam as beam
 
 from pipeline.console import configure_logging
-from pipeline.options import TEXT_INPUT_HELP, TEXT_OUTPUT_HELP, IOOptions, ModelOptions
+from pipeline.options import TEXT_INPUT_HELP, TEXT_OUTPUT_HELP, IOOptions, ModelOptions, plan_metadata
 from pipeline.runner import (
     announce,
     check_worker_packaging,
@@ -31,7 +31,7 @@ TABLES = ("texts", "text_failures")
 
 
 def run_metadata(model: ModelOptions) -> dict[str, Any]:
-    return {"job": "embed_text", "model": model.model, "precision": model.precision,
+    return {"job": "embed_text", "model": model.model, **plan_metadata(model.precision_plan("text")),
             "package_version": package_version()}
 
 

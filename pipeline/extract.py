@@ -16,7 +16,14 @@ import apache_beam as beam
 
 from decoder import DecodeOptions
 from pipeline.console import configure_logging
-from pipeline.options import EXTRACT_INPUT_HELP, EXTRACT_OUTPUT_HELP, ExtractOptions, IOOptions, ModelOptions
+from pipeline.options import (
+    EXTRACT_INPUT_HELP,
+    EXTRACT_OUTPUT_HELP,
+    ExtractOptions,
+    IOOptions,
+    ModelOptions,
+    plan_metadata,
+)
 from pipeline.report import failure_reasons, print_summary
 from pipeline.runner import (
     announce,
@@ -25,6 +32,7 @@ from pipeline.runner import (
     package_version,
     parse_job_args,
 )
+from s3d.precision import PrecisionPlan
 from transforms.assemble import AssembleVideos
 from transforms.decode import DecodeClips
 from transforms.incremental import ReadFailuresAsInput, SkipDone, matching_table_files
@@ -40,28 +48,30 @@ TABLES = ("clips", "videos", "failures")
 log = logging.getLogger("pipeline.extract")
 
 
-def run_metadata(decode: DecodeOptions, model: ModelOptions) -> dict[str, Any]:
+def run_metadata(decode: DecodeOptions, model: ModelOptions, plan: PrecisionPlan) -> dict[str, Any]:
     """What produced the features: written into every file and the run summary."""
     return {
         "job": "extract",
         "model": model.model,
         "preprocessing": decode.preprocessing(),
-        "precision": model.precision,
+        **plan_metadata(plan),
         "package_version": package_version(),
     }
 
 
 def build_pipeline(
     p: beam.Pipeline, io: IOOptions, opts: ExtractOptions, model: ModelOptions, decode: DecodeOptions,
-    progress: ProgressLog | None = None,
+    progress: ProgressLog | None = None, plan: PrecisionPlan | None = None,
 ) -> dict[str, beam.PCollection]:
     """Adds the extraction graph to `p` (tests pass a TestPipeline); returns the rows of each table.
 
     The steps report videos, clips and failures to `progress` (the launcher's live line).
+    `plan` is the launch's ModelOptions.precision_plan (computed here when not given).
     """
     progress = progress or ProgressLog()
-    metadata = run_metadata(decode, model)
-    handler = model.handler("video", progress)
+    plan = plan or model.precision_plan()
+    metadata = run_metadata(decode, model, plan)
+    handler = model.handler("video", progress, plan)
     retry = None
     if opts.retry_failures:
         retry = ReadFailuresAsInput(opts.retry_failures, opts.split(opts.retry_stages), opts.split(opts.retry_errors))
@@ -124,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    plan = model.precision_plan()
+    if plan.reason:
+        log.warning("%s", plan.reason)
 
     def extra(counts: dict[str, int]) -> dict:
         return {
@@ -142,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         }
 
     summary, path = launch(options, io.output_prefix, TABLES,
-                           lambda p, progress: build_pipeline(p, io, opts, model, decode, progress),
-                           run_metadata(decode, model), extra, show_progress=True)
+                           lambda p, progress: build_pipeline(p, io, opts, model, decode, progress, plan),
+                           run_metadata(decode, model, plan), extra, show_progress=True)
     announce(summary, path, options, print_summary)
     return 0
 

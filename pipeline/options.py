@@ -7,19 +7,28 @@ message that names the flag.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from dataclasses import dataclass
+from typing import Any
 
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, WorkerOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions, WorkerOptions
 
 from decoder import DecodeOptions, add_decode_arguments
 from s3d.loader import DEFAULT_HANDLE
-from s3d.precision import DEFAULT_PRECISION, PRECISIONS
+from s3d.precision import DEFAULT_PRECISION, PRECISIONS, Machine, PrecisionPlan, plan_precision
 from s3d.quiet import add_log_level_arguments
 from transforms.inference import S3DModelHandler
 from transforms.progress import ProgressLog
 
 log = logging.getLogger(__name__)
+
+# Beam's FnApiRunner is chosen for all of these (pipeline.runner): the launcher's machine runs the workers.
+LOCAL_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner")
+
+
+def runs_locally(options: PipelineOptions) -> bool:
+    return options.view_as(StandardOptions).runner in LOCAL_RUNNERS
 
 # Parts of 10 minutes: at 10 fps and 32-frame clips, about 190 clips, minutes of work for a worker,
 # against a header read and one keyframe interval decoded twice per part (BENCHMARKS.md, "Splitting").
@@ -36,6 +45,12 @@ def _boolean(value: str) -> bool:
 
 
 
+def plan_metadata(plan: PrecisionPlan) -> dict[str, Any]:
+    """A run's compute keys: what its features were computed in, what was asked for, and whether
+    TensorFlow's oneDNN path ran (null: decided on remote workers, on unless their image turns it off)."""
+    return {"precision": plan.effective, "precision_requested": plan.requested, "onednn": plan.onednn}
+
+
 class ModelOptions(PipelineOptions):
     """What every job that runs the model shares: the module, batching and model sharing."""
 
@@ -49,8 +64,9 @@ class ModelOptions(PipelineOptions):
                             "bfloat16: CPUs with AVX512_BF16 or AMX (Intel Sapphire Rapids and later, AMD Zen 4 and "
                             "later), about 1.5x float32 on Sapphire Rapids, embeddings at cosine 0.998 to float32's; float16: GPUs with "
                             "tensor cores (T4, L4, A100). Elsewhere a warning says what to expect. The text tower "
-                            "stays float32. Recorded in the output; --skip_done counts only runs of the same "
-                            "precision")
+                            "stays float32. Where the machine cannot run it natively float32 runs instead, with "
+                            "a warning. The output records what ran (precision) beside what was asked "
+                            "(precision_requested); --skip_done counts only runs of the same precision")
         parser.add_argument("--batch_size", type=int, default=4,
                             help="largest batch sent to the model (default: 4; on CPU larger batches gain nothing "
                             "and cost memory, on GPU raise it)")
@@ -81,21 +97,43 @@ class ModelOptions(PipelineOptions):
         accelerator = self.accelerator()
         return accelerator.count if accelerator else 0
 
-    def handler(self, task: str, progress: ProgressLog | None = None) -> S3DModelHandler:
+    def precision_plan(self, task: str = "video") -> PrecisionPlan:
+        """The precision the workers' video tower will compute in, decided once at launch.
+
+        A local run's workers are this machine, so its facts decide (s3d.precision.plan_precision).
+        Remote workers are not known here: only their GPUs are; each worker checks at load that it
+        computes what the run records, and refuses to load otherwise. The text tower is float32.
+        """
+        requested = "float32" if task == "text" else self.precision
+        if runs_locally(self):
+            from s3d.devices import visible_gpus
+            from s3d.precision import this_machine
+            from s3d.quiet import import_tensorflow
+
+            import_tensorflow()  # the workers are this machine: TensorFlow itself says what it runs
+            gpus = visible_gpus()
+            plan = plan_precision(requested, this_machine(gpus[0] if gpus else None))
+        else:
+            plan = plan_precision(requested, Machine(gpu_device="the workers' GPUs" if self.accelerator() else None))
+        return dataclasses.replace(plan, requested=self.precision)
+
+    def handler(self, task: str, progress: ProgressLog | None = None,
+                plan: PrecisionPlan | None = None) -> S3DModelHandler:
         """The model handler these options describe, for `task` 'video' or 'text'.
 
         On GPU workers (either route: `--inference_accelerator` or the whole job's
         `worker_accelerator`) the default is one shared model copy per GPU: the SDK
         processes of a worker (one per vCPU on Dataflow) send their batches to it
         instead of each loading the model into the same GPU's memory; each copy claims
-        its own GPU (`s3d.devices`).
+        its own GPU (`s3d.devices`). `plan` is the launch's precision_plan (computed here if not given).
         """
         gpus = self.gpu_count()
         copies = self.model_copies if self.model_copies is not None else (gpus or None)
+        plan = plan or self.precision_plan(task)
         return S3DModelHandler(
             self.model, task, min_batch_size=self.min_batch_size, max_batch_size=self.batch_size,
             large_model=self.large_model or gpus > 0, model_copies=copies, progress=progress, expect_gpus=gpus,
-            precision=self.precision,
+            precision=plan.effective,
         )
 
     def validate_model(self) -> None:
@@ -115,9 +153,6 @@ class ModelOptions(PipelineOptions):
                 "service option (GPUs on every worker) exclude each other: choose one"
             )
         accelerator = self.accelerator()
-        if accelerator and self.precision == "bfloat16":
-            log.warning("--precision bfloat16 is the CPU precision, but the model runs on GPUs (%s): there it stays "
-                        "float32. Use --precision float16 on GPUs", accelerator.type)
         if accelerator and self.inference_accelerator:
             accelerator.check_machine_type(accelerator.machine_type, "machine_type in --inference_accelerator")
         elif accelerator:

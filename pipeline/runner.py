@@ -23,16 +23,14 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, TestOptions
+from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from decoder import is_local
-from pipeline.options import IOOptions
+from pipeline.options import IOOptions, runs_locally
 from pipeline.progress import ProgressDisplay
 from transforms.layout import summary_path, table_glob
 from transforms.progress import ProgressLog
 from transforms.tables import read_summary, utc_now, write_summary
-
-LOCAL_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner")
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +39,6 @@ def package_version() -> str:
     from s3d.export import package_version as version
 
     return version()
-
-
-def runs_locally(options: PipelineOptions) -> bool:
-    return options.view_as(StandardOptions).runner in LOCAL_RUNNERS
 
 
 def create_pipeline(options: PipelineOptions) -> beam.Pipeline:

@@ -90,9 +90,8 @@ def embed_queries(texts: Sequence[str], model_handle: str) -> Queries:
     model = load_s3d(model_handle)
     known = model.known_words(list(texts))
     embeddings = model.embed_text(list(texts))
-    padding = model.embed_text([""])[0]
-    for text, k, emb in zip(texts, known, embeddings, strict=True):
-        if k == 0 or np.array_equal(emb, padding):
+    for text, unknown in zip(texts, model.no_known_words(list(texts), embeddings), strict=True):
+        if unknown:
             print(f"warning: no word of {text!r} is in the model's vocabulary; its ranking reflects the padding "
                   "vector only", file=sys.stderr)
     return Queries([f"q{i}" for i in range(len(texts))], list(texts), embeddings.astype(np.float32), known, model_handle)

@@ -18,6 +18,7 @@ import numpy as np
 
 from s3d.devices import DeviceClaim, claim_gpu, visible_gpus
 from s3d.export import PROVENANCE_FILE, VOCAB_FILE
+from s3d.precision import PrecisionPlan
 
 DEFAULT_HANDLE = "https://tfhub.dev/deepmind/mil-nce/s3d/1"
 _REMOTE_PREFIXES = ("http://", "https://")
@@ -77,12 +78,14 @@ class S3DModel:
         handle: what it was loaded from, as given.
         provenance: the export's own description (kind, trained, seed, ...), or
             {"kind": "external"} for the hub module.
-        precision: what the video tower computes in (s3d.precision); inputs and outputs are float32 always.
+        precision: what the video tower really computes in (s3d.precision.plan_precision: float32 where the
+            machine cannot run the requested one natively); inputs and outputs are float32 always.
+        requested_precision: what was asked for.
     """
 
     def __init__(
         self, handle: str, module: Any, provenance: dict[str, Any], vocabulary: dict[str, int] | None = None,
-        path: str | None = None, device: DeviceClaim | None = None, precision: str = "float32",
+        path: str | None = None, device: DeviceClaim | None = None, plan: PrecisionPlan | None = None,
     ):
         self.handle = handle
         self.device = device  # the GPU this copy runs on (None: TensorFlow's default placement)
@@ -92,15 +95,19 @@ class S3DModel:
         self._module = module  # keeps the restored variables alive
         self._video = module.signatures["video"]
         self._text = module.signatures["text"]  # the text tower stays float32 at every precision
-        self.precision = precision
-        self.lowering = None  # what the precision rewrite did (s3d.precision.LoweringReport), None at float32
-        if precision != "float32":
+        plan = plan or PrecisionPlan("float32", "float32")
+        self.requested_precision = plan.requested
+        self.precision = plan.effective  # what the video tower really computes in
+        self.lowering = None  # what the precision rewrite did (s3d.precision.LoweringReport), None when none ran
+        if plan.effective != "float32":
             from s3d.precision import lower_video_signature
 
             with self._placement():
-                lowered, self.lowering = lower_video_signature(self._video, precision)
-            if self.lowering.effective:  # else (float16 without a GPU) the module's own signature, as at float32
+                lowered, self.lowering = lower_video_signature(self._video, plan.effective)
+            if self.lowering.effective:
                 self._video = lowered
+            else:  # the rewrite found nothing to lower: the module's own signature runs, in float32
+                self.precision = "float32"
 
     @property
     def trained(self) -> bool | None:
@@ -156,6 +163,21 @@ class S3DModel:
 
         return [sum(w in self._vocabulary for w in split_words(s)) for s in sentences]
 
+    def no_known_words(self, sentences: Sequence[str], embeddings: np.ndarray | None = None) -> list[bool]:
+        """Whether each sentence has no word the vocabulary knows (its embedding is the padding-only vector).
+
+        With the vocabulary file (this project's exports) it is a count. The TF Hub module keeps its
+        vocabulary inside the graph, so there it is decided from `embeddings` (computed when not
+        given): the sentence's embedding equals the empty sentence's within float32 rounding. The two
+        come from different batches, so they differ in the last bits (oneDNN picks kernels by batch);
+        the tolerance is PADDING_RTOL of the padding vector's norm.
+        """
+        known = self.known_words(sentences)
+        if all(k is not None for k in known):
+            return [k == 0 for k in known]
+        embeddings = self.embed_text(sentences) if embeddings is None else embeddings
+        return [bool(x) for x in is_padding_only(embeddings, self.embed_text([""])[0])]
+
     def embed_text(self, sentences: Sequence[str]) -> np.ndarray:
         """Embeds sentences: list of str -> text_embedding float32 [B, 512]."""
         import tensorflow as tf
@@ -168,6 +190,19 @@ class S3DModel:
         words = tf.constant(list(sentences), dtype=tf.string, shape=[len(sentences)])
         with self._placement():
             return self._text(words=words)["text_embedding"].numpy()
+
+
+# The text tower's last layer sums 2,048 products per output, so one embedding computed in two
+# batches differs by about sqrt(2048) * 2**-24, 3e-6, of its norm; measured on the stand-in: 4.3e-7,
+# on AVX-512 and AVX2 kernels alike. A sentence of one known word lies 0.67 of the norm away at the
+# least (median 0.82, every word of the stand-in's vocabulary): 1e-4 sits far from both.
+PADDING_RTOL = 1e-4
+
+
+def is_padding_only(embeddings: np.ndarray, padding: np.ndarray) -> np.ndarray:
+    """Per row of `embeddings` [B, 512]: whether it is the padding-only vector `padding` within float32 rounding."""
+    distance = np.linalg.norm(np.asarray(embeddings, np.float64) - padding, axis=-1)
+    return distance <= PADDING_RTOL * np.linalg.norm(np.asarray(padding, np.float64))
 
 
 def _check_path(handle: str) -> None:
@@ -190,18 +225,17 @@ def _check_path(handle: str) -> None:
         )
 
 
-def _report_precision(model: S3DModel) -> None:
-    """Logs what the precision rewrite did, and warns when it cannot help on this machine."""
-    from s3d.precision import cpu_has_native_bfloat16, describe, gpu_compute_capability, hardware_warning
+def _report_precision(model: S3DModel, plan: PrecisionPlan) -> None:
+    """Logs what the precision rewrite did, and warns when what runs is not what was asked."""
+    from s3d.precision import describe
 
-    device = model.device.device if model.device else None
-    warning = hardware_warning(model.precision, device, cpu_has_native_bfloat16(), gpu_compute_capability(device))
-    if warning:
-        log.warning("%s", warning)
-    elif not model.lowering.effective:
-        log.warning("--precision %s changed no op of %s's video tower (is oneDNN off, TF_ENABLE_ONEDNN_OPTS=0?): "
-                    "it runs in float32", model.precision, model.handle)
-    log.info("%s", describe(model.lowering))
+    if plan.reason:
+        log.warning("%s", plan.reason)
+    if model.lowering is not None and not model.lowering.effective:
+        log.warning("--precision %s changed no op of %s's video tower: float32 runs, and the output says so",
+                    plan.requested, model.handle)
+    if model.lowering is not None:
+        log.info("%s", describe(model.lowering))
 
 
 def _load_module(handle: str, device: DeviceClaim | None) -> tuple[str, Any]:
@@ -233,10 +267,10 @@ def _load_module(handle: str, device: DeviceClaim | None) -> tuple[str, Any]:
 def load_s3d(handle: str = DEFAULT_HANDLE, precision: str = "float32") -> S3DModel:
     """Loads the model from a TF Hub URL, a local SavedModel directory or a `gs://` path.
 
-    `precision` is what the video tower computes in: float32 (the module as it is),
-    bfloat16 (CPUs with AVX512_BF16 or AMX) or float16 (GPUs with tensor cores); see
-    `s3d.precision`. A precision this machine cannot run natively logs a warning that
-    says what to expect.
+    `precision` is what the video tower is asked to compute in: float32 (the module as it
+    is), bfloat16 (CPUs with AVX512_BF16 or AMX) or float16 (GPUs with tensor cores); see
+    `s3d.precision`. Where this machine cannot run it natively, float32 runs, the model's
+    `precision` says so (`requested_precision` keeps what was asked) and a warning says why.
 
     On a machine with GPUs the copy claims a GPU of its own (`s3d.devices`), so that
     several copies (Beam's `model_copies`, one per GPU) do not all land on GPU 0.
@@ -245,7 +279,7 @@ def load_s3d(handle: str = DEFAULT_HANDLE, precision: str = "float32") -> S3DMod
         ModelLoadError: nothing loadable at `handle`, it lacks the `video`/`text` signatures,
             or its video tower cannot run in `precision`.
     """
-    from s3d.precision import check_precision
+    from s3d.precision import check_precision, plan_precision, this_machine
     from s3d.quiet import import_tensorflow
 
     check_precision(precision)
@@ -259,8 +293,10 @@ def load_s3d(handle: str = DEFAULT_HANDLE, precision: str = "float32") -> S3DMod
     try:
         path, module = _load_module(handle, device)
         provenance, vocabulary = _read_provenance(path), _read_vocabulary(path)
+        plan = (plan_precision(precision, this_machine(device.device if device else None))
+                if precision != "float32" else PrecisionPlan(precision, precision))
         try:
-            model = S3DModel(handle, module, provenance, vocabulary, path, device, precision)
+            model = S3DModel(handle, module, provenance, vocabulary, path, device, plan)
         except Exception as e:  # the precision rewrite failed on this module's graph
             raise ModelLoadError(
                 f"could not run the video tower of {handle!r} in {precision}: {type(e).__name__}: {e}. "
@@ -273,7 +309,7 @@ def load_s3d(handle: str = DEFAULT_HANDLE, precision: str = "float32") -> S3DMod
     if device:
         log.info("model copy from %s on %s", handle, device.device)
     if precision != "float32":
-        _report_precision(model)
+        _report_precision(model, plan)
     if model.trained is False:
         log.warning("model %s is an untrained stand-in: its embeddings carry no meaning", handle)
     return model

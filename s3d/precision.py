@@ -27,6 +27,7 @@ names.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -74,12 +75,36 @@ def cpu_flags() -> set[str] | None:
     return None
 
 
-def cpu_has_native_bfloat16(flags: set[str] | None = None) -> bool | None:
-    """True when the CPU has bfloat16 instructions (AVX512_BF16 or AMX-BF16); None when unknown."""
+# oneDNN's ISA names (ONEDNN_MAX_CPU_ISA) at or above the first with bfloat16 dot products
+# (AVX512_CORE_BF16); a cap below it leaves bfloat16 to emulation even on a CPU that has the units.
+_BF16_ISAS = frozenset({
+    "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX512_CORE_AMX", "AVX10_1_512_AMX",
+    "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16", "AVX10_2_512", "AVX10_2_512_AMX_2", "ALL", "DEFAULT",
+})
+
+
+def cpu_has_native_bfloat16(flags: set[str] | None = None, isa_cap: str | None = None) -> bool | None:
+    """True when oneDNN can use bfloat16 instructions here (AVX512_BF16 or AMX-BF16); None when unknown.
+
+    Args:
+        flags: the CPU's flags (default: /proc/cpuinfo).
+        isa_cap: oneDNN's ISA cap (default: the ONEDNN_MAX_CPU_ISA variable): AVX2 makes an AVX-512 machine
+            behave as an AVX2-only one, bfloat16 included.
+    """
     flags = cpu_flags() if flags is None else flags
+    isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA") if isa_cap is None else isa_cap
+    if isa_cap and isa_cap.strip().upper() not in _BF16_ISAS:
+        return False
     if flags is None:
         return None
     return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def onednn_enabled() -> bool:
+    """Whether TensorFlow runs its oneDNN path in this process (TF_ENABLE_ONEDNN_OPTS and the CPU decide)."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def gpu_compute_capability(device: str | None) -> tuple[int, int] | None:
@@ -97,41 +122,87 @@ def gpu_compute_capability(device: str | None) -> tuple[int, int] | None:
     return None
 
 
-def hardware_warning(precision: str, gpu_device: str | None, cpu_bf16: bool | None,
-                     gpu_capability: tuple[int, int] | None) -> str | None:
-    """Why `precision` will not run natively on this machine, and what to expect; None when it will.
+@dataclasses.dataclass(frozen=True)
+class Machine:
+    """What decides the precision a model copy computes in. None: not known (a launcher for remote workers)."""
 
-    Args:
-        gpu_device: the GPU this model copy runs on, or None for the CPU.
-        cpu_bf16: whether the CPU has bfloat16 instructions (None: unknown).
-        gpu_capability: the GPU's compute capability, when there is one.
+    gpu_device: str | None = None  # the GPU the copy runs on; None: the CPU
+    gpu_capability: tuple[int, int] | None = None
+    cpu_bf16: bool | None = None  # cpu_has_native_bfloat16()
+    onednn: bool | None = None  # onednn_enabled()
+
+
+def this_machine(gpu_device: str | None) -> Machine:
+    """The facts of the machine this process runs on, for a model copy on `gpu_device` (None: the CPU)."""
+    return Machine(gpu_device, gpu_compute_capability(gpu_device), cpu_has_native_bfloat16(), onednn_enabled())
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecisionPlan:
+    """The precision asked for and the one that will really run, with the reason when they differ."""
+
+    requested: str
+    effective: str
+    reason: str | None = None  # why `effective` is not `requested` (or what to expect): a warning
+    onednn: bool | None = None  # whether TensorFlow's oneDNN path runs (None: decided on remote workers)
+
+
+# Measured on an AMD EPYC (Zen 4, with AVX512_BF16) with oneDNN's ISA capped, the rewritten bfloat16 graph
+# forced to run, batches of 4 natural 32x224x224 clips alternated with float32 in one process:
+# - capped at AVX512_CORE (AVX-512 without bfloat16: Skylake, Cascade Lake, Dataflow's n1/n2): 0.52x
+#   float32's speed, for features at cosine 0.998 to float32's;
+# - capped at AVX2 (AMD Zen 3, Dataflow's n2d/t2d): oneDNN cannot create a bfloat16 convolution at all
+#   ("could not create a primitive descriptor"), so every batch would fail.
+# Nothing is gained by lowering there, so such CPUs get float32 and a warning instead of a refusal:
+# a fleet of mixed CPUs still finishes its run, and the output records what ran.
+EMULATED_BF16_SPEED = 0.52
+
+
+def plan_precision(requested: str, machine: Machine) -> PrecisionPlan:
+    """What the video tower will compute in on `machine` when `requested` is asked for.
+
+    A precision the hardware cannot run natively becomes float32, the module as it is, and
+    the reason says so: lowering it would cost a rewrite at load (about 10 s) and, for
+    bfloat16 without bfloat16 units, run slower than float32.
     """
-    if precision == "float32":
-        return None
-    if precision == "bfloat16":
-        if gpu_device:
-            return (f"--precision bfloat16 is the CPU precision (TensorFlow's bfloat16 rewrite is for oneDNN on "
-                    f"CPUs); this model copy runs on {gpu_device}, where it stays float32: same speed and features "
-                    "as float32. Use --precision float16 on GPUs")
-        if cpu_bf16 is False:
-            return ("--precision bfloat16 asked for, but this CPU has neither AVX512_BF16 nor AMX: oneDNN emulates "
-                    "bfloat16 with float32 instructions, so expect it slower than float32, with bfloat16's rounding. "
-                    "Use float32 here, or CPUs with bfloat16 units (Intel Sapphire Rapids and later: Dataflow's "
-                    "c3/n4 machine types; AMD Zen 4 and later)")
-        if cpu_bf16 is None:
-            return ("--precision bfloat16 asked for, but this CPU's features cannot be read: if it lacks AVX512_BF16 "
-                    "and AMX, bfloat16 is emulated and slower than float32")
-        return None
+    check_precision(requested)
+    if requested == "float32":
+        return PrecisionPlan(requested, "float32", onednn=machine.onednn)
+    asked = f"--precision {requested} asked for"
+    if requested == "bfloat16":
+        if machine.gpu_device:
+            return PrecisionPlan(requested, "float32", (
+                f"{asked}, but this model copy runs on {machine.gpu_device} and bfloat16 is the CPU precision "
+                "(TensorFlow's bfloat16 rewrite is oneDNN's): float32 runs, and the output says so. Use --precision "
+                "float16 on GPUs"), machine.onednn)
+        if machine.onednn is False:
+            return PrecisionPlan(requested, "float32", (
+                f"{asked}, but TensorFlow's oneDNN path is off (TF_ENABLE_ONEDNN_OPTS=0) and its bfloat16 rewrite "
+                "needs it: float32 runs, and the output says so"), machine.onednn)
+        if machine.cpu_bf16 is False:
+            return PrecisionPlan(requested, "float32", (
+                f"{asked}, but this CPU has neither AVX512_BF16 nor AMX (or ONEDNN_MAX_CPU_ISA caps oneDNN below "
+                f"them): bfloat16 would be emulated at about {EMULATED_BF16_SPEED:g}x float32's speed (with AVX-512) or "
+                "not run at all (AVX2 only), so float32 runs, and the output says so. CPUs with bfloat16 units: Intel Sapphire Rapids and later (Dataflow's "
+                "c3/n4 machine types), AMD Zen 4 and later (c3d)"), machine.onednn)
+        if machine.cpu_bf16 is None:
+            return PrecisionPlan(requested, "bfloat16", (
+                f"{asked}; the CPU's features cannot be read here (remote workers, or no /proc/cpuinfo): "
+                "bfloat16 is what the output records, and a job's worker whose CPU lacks AVX512_BF16 and AMX "
+                "refuses to load the model rather than write float32 features under that name"), machine.onednn)
+        return PrecisionPlan(requested, "bfloat16", onednn=machine.onednn)
     # float16
-    if not gpu_device:
-        return ("--precision float16 is for GPUs with tensor cores (compute capability 7.0 and up: T4, L4, A100); "
-                "TensorFlow sees no GPU for this model copy, so it runs in float32 on the CPU: same speed and "
-                "features as float32. On CPUs with AVX512_BF16 or AMX use --precision bfloat16")
-    if gpu_capability is not None and gpu_capability < (7, 0):
-        major, minor = gpu_capability
-        return (f"--precision float16 asked for, but {gpu_device} has compute capability {major}.{minor}, below the "
-                "7.0 of tensor cores: TensorFlow's float16 rewrite leaves it in float32 (same speed and features)")
-    return None
+    if not machine.gpu_device:
+        return PrecisionPlan(requested, "float32", (
+            f"{asked}, but float16 is for GPUs with tensor cores (compute capability 7.0 and up: T4, L4, A100) and "
+            "TensorFlow sees no GPU for this model copy: float32 runs on the CPU, and the output says so. On CPUs "
+            "with AVX512_BF16 or AMX use --precision bfloat16"), machine.onednn)
+    if machine.gpu_capability is not None and machine.gpu_capability < (7, 0):
+        major, minor = machine.gpu_capability
+        return PrecisionPlan(requested, "float32", (
+            f"{asked}, but {machine.gpu_device} has compute capability {major}.{minor}, below the 7.0 of tensor "
+            "cores: float32 runs, and the output says so"), machine.onednn)
+    return PrecisionPlan(requested, "float16", onednn=machine.onednn)
 
 
 def _node_inputs(graph_def) -> dict[str, list[str]]:

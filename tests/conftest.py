@@ -13,6 +13,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
+import s3d  # noqa: F401  (its defaults for TensorFlow, oneDNN on, before any test imports TensorFlow)
+
 # A newcomer's shell: nothing set that quiets TensorFlow or Python's warnings (for subprocess runs).
 NEWCOMER_ENV_DROPS = ("TF_CPP_MIN_LOG_LEVEL", "S3D_TF_STARTUP_LOGS", "PYTHONWARNINGS")
 
@@ -50,25 +52,25 @@ def other_standin_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_load_per_model():
-    """The model handler of in-process jobs reuses one loaded copy per model handle and precision.
+    """The model handler of in-process jobs reuses one loaded copy per (handle, precision) it asks for.
 
     Loading the stand-in and optimizing its graph for the first batch take about 2.5 s of a
     small job's 5 s; some twenty jobs run in this process. Each test writes its models to
-    directories of its own, so a handle never names two different models here.
+    directories of its own, so a handle never names two different models here. The cache sits
+    under the handler, at the loader it calls: whatever the handler decides (which precision a
+    task loads, the check of what the copy computes) runs as in production.
     """
-    from transforms.inference import S3DModelHandler
+    import transforms.inference
+    from s3d.loader import load_s3d
 
-    loaded: dict[str, object] = {}
-    load = S3DModelHandler.load_model
+    loaded: dict[tuple, object] = {}
 
-    def load_once(self):
-        # A text handler loads the float32 model at any precision: the key is what is loaded, or a
-        # bfloat16 text job would leave a float32 model under the bfloat16 key for the next video job.
-        key = f"{self._handle}@{self._precision if self._task == 'video' else 'float32'}"
+    def load_once(handle, precision="float32"):
+        key = (handle, precision, os.environ.get("ONEDNN_MAX_CPU_ISA"))
         if key not in loaded:
-            loaded[key] = load(self)
+            loaded[key] = load_s3d(handle, precision=precision)
         return loaded[key]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(S3DModelHandler, "load_model", load_once)
+        patch.setattr(transforms.inference, "load_s3d", load_once)
         yield

@@ -91,17 +91,22 @@ def test_gpu_defaults_share_one_model_per_gpu():
         PipelineOptions(["--inference_accelerator", "t4"]).view_as(ModelOptions).validate_model()
 
 
-def test_bfloat16_with_gpus_is_a_launch_warning_and_the_handler_gets_the_precision(caplog):
-    gpu = PipelineOptions(["--inference_accelerator", ACCELERATOR, "--precision", "bfloat16"]).view_as(ModelOptions)
-    with caplog.at_level(logging.WARNING, logger="pipeline.options"):
-        gpu.validate_model()
-    assert any("bfloat16" in r.getMessage() and "float16 on GPUs" in r.getMessage() for r in caplog.records)
-    caplog.clear()
-    cpu = PipelineOptions(["--precision", "bfloat16"]).view_as(ModelOptions)
-    with caplog.at_level(logging.WARNING, logger="pipeline.options"):
-        cpu.validate_model()
-    assert not caplog.records
-    assert cpu.handler("video")._precision == "bfloat16"
+def test_the_launch_plans_the_precision_remote_workers_will_compute():
+    remote = ["--runner", "DataflowRunner"]
+    gpu = PipelineOptions([*remote, "--inference_accelerator", ACCELERATOR, "--precision", "bfloat16"]).view_as(
+        ModelOptions)
+    plan = gpu.precision_plan()
+    assert (plan.requested, plan.effective) == ("bfloat16", "float32") and "float16 on GPUs" in plan.reason
+    assert gpu.handler("video")._precision == "float32"  # what the run records is what the workers load
+    # Remote CPU workers are not known at launch: bfloat16 is recorded, and each worker checks it at load.
+    cpu = PipelineOptions([*remote, "--precision", "bfloat16"]).view_as(ModelOptions)
+    assert cpu.precision_plan().effective == "bfloat16" and cpu.handler("video")._precision == "bfloat16"
+    f16 = PipelineOptions([*remote, "--inference_accelerator", ACCELERATOR, "--precision", "float16"]).view_as(
+        ModelOptions)
+    assert f16.precision_plan().effective == "float16"
+    assert PipelineOptions([*remote, "--precision", "float16"]).view_as(ModelOptions).precision_plan().effective \
+        == "float32"  # no GPU asked for
+    assert cpu.precision_plan("text").effective == "float32"  # the text tower
     with pytest.raises(SystemExit):
         PipelineOptions(["--precision", "fp8"]).view_as(ModelOptions)
 
@@ -232,7 +237,6 @@ def test_a_template_launch_with_no_job_counts_as_submitted(tmp_path, monkeypatch
 
 
 def test_the_job_id_logger_stays_at_info():
-    import logging
 
     from pipeline.console import JOB_ID_LOGGER, configure_logging
 

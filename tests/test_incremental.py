@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 from apache_beam.io.localfilesystem import LocalFileSystem
+from floats import assert_features_close
+from machine import needs_native_bf16
 
 from pipeline import extract
 from synthetic.videos import write_video
@@ -59,30 +61,65 @@ def test_skip_done_decodes_only_new_videos(videos, standin_dir, tmp_path, capsys
     assert {r["uri"] for r in rows(second, "clips")} == {videos[2]}
 
 
-def test_precision_is_recorded_and_skip_done_does_not_mix_precisions(videos, standin_dir, tmp_path):
+def _file_precisions(prefix: str) -> set[tuple[str, str]]:
+    """(precision, precision_requested) of every file of the run's tables."""
     import pyarrow.parquet as pq
 
     from transforms.tables import METADATA_KEY
 
+    found = set()
+    for table in ("clips", "videos", "failures"):
+        paths = glob.glob(table_glob(prefix, table))
+        assert paths, f"no {table} files under {prefix}"
+        for path in paths:
+            meta = json.loads(pq.read_schema(path).metadata[METADATA_KEY])
+            found.add((meta["precision"], meta["precision_requested"]))
+    return found
+
+
+def _embeddings(prefix: str) -> dict:
+    return {(r["uri"], r["clip_index"]): np.array(r["video_embedding"]) for r in rows(prefix, "clips")}
+
+
+@needs_native_bf16
+def test_precision_is_recorded_and_skip_done_does_not_mix_precisions(videos, standin_dir, tmp_path):
     m = manifest(tmp_path / "m.txt", videos[:2])
     f32, bf16, bf16_again = (str(tmp_path / name) for name in ("f32", "bf16", "bf16_again"))
     assert extract.main(["--input", m, "--output_prefix", f32, "--model", standin_dir, *FAST]) == 0
     assert extract.main(["--input", m, "--output_prefix", bf16, "--model", standin_dir, *FAST,
                          "--precision", "bfloat16", "--skip_done", f32]) == 0
     summary = read_summary(bf16)
-    assert summary["precision"] == "bfloat16" and read_summary(f32)["precision"] == "float32"
+    assert (summary["precision"], summary["precision_requested"]) == ("bfloat16", "bfloat16")
+    assert read_summary(f32)["precision"] == "float32"
     assert summary["counters"]["videos_decoded"] == 2  # the float32 run's videos were not skipped
-    for table in ("clips", "videos", "failures"):
-        for path in glob.glob(table_glob(bf16, table)):
-            assert json.loads(pq.read_schema(path).metadata[METADATA_KEY])["precision"] == "bfloat16", path
-    clips32 = {(r["uri"], r["clip_index"]): np.array(r["video_embedding"]) for r in rows(f32, "clips")}
-    clips16 = {(r["uri"], r["clip_index"]): np.array(r["video_embedding"]) for r in rows(bf16, "clips")}
+    assert _file_precisions(bf16) == {("bfloat16", "bfloat16")}
+    clips32, clips16 = _embeddings(f32), _embeddings(bf16)
     assert clips16.keys() == clips32.keys()
     assert any(not np.array_equal(clips16[k], clips32[k]) for k in clips32)  # it really ran in bfloat16
     # A later bfloat16 run skips what the bfloat16 run did.
     assert extract.main(["--input", m, "--output_prefix", bf16_again, "--model", standin_dir, *FAST,
                          "--precision", "bfloat16", "--skip_done", f"{f32},{bf16}"]) == 0
     assert read_summary(bf16_again)["counts"]["videos_skipped_done"] == 2
+
+
+def test_bfloat16_asked_on_a_cpu_without_bfloat16_units_runs_float32(videos, standin_dir, tmp_path, monkeypatch,
+                                                                     capsys):
+    """On an AVX2-only CPU (here: oneDNN capped at AVX2) the run says float32 ran, and is treated as float32."""
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    m = manifest(tmp_path / "m.txt", videos[:2])
+    f32, asked = str(tmp_path / "f32"), str(tmp_path / "asked_bf16")
+    assert extract.main(["--input", m, "--output_prefix", asked, "--model", standin_dir, *FAST,
+                         "--precision", "bfloat16"]) == 0
+    err = capsys.readouterr().err
+    assert "neither AVX512_BF16 nor AMX" in err and "float32 runs" in err
+    summary = read_summary(asked)
+    assert (summary["precision"], summary["precision_requested"]) == ("float32", "bfloat16")
+    assert summary["onednn"] is True  # the package turns oneDNN on, also where TensorFlow would not
+    assert _file_precisions(asked) == {("float32", "bfloat16")}
+    # Its features are float32's, so a float32 run counts its videos as done.
+    assert extract.main(["--input", m, "--output_prefix", f32, "--model", standin_dir, *FAST,
+                         "--skip_done", asked]) == 0
+    assert read_summary(f32)["counts"]["videos_skipped_done"] == 2
 
 
 def test_skip_done_uses_only_runs_with_this_model_preprocessing_and_precision(tmp_path, caplog):
@@ -198,7 +235,8 @@ def test_same_input_gives_the_same_rows(videos, standin_dir, tmp_path):
         for x, y in zip(ra, rb, strict=True):
             assert {k: v for k, v in x.items() if k not in ("mixed_5c", "video_embedding")} == \
                 {k: v for k, v in y.items() if k not in ("mixed_5c", "video_embedding")}
-            np.testing.assert_array_equal(x["video_embedding"], y["video_embedding"])
+            for f in ("mixed_5c", "video_embedding"):  # the README's promise: within float32 rounding
+                assert_features_close(x[f], y[f], f"{x['video_id']} {f}")
 
 
 def _final_files(prefix: str) -> list[str]:

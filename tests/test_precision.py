@@ -6,9 +6,19 @@ import logging
 
 import numpy as np
 import pytest
+from machine import needs_native_bf16
 
 from benchmarks.precision import TEXT_QUERIES, cosine, embed, natural_clips, top10_overlap
-from s3d.precision import KEEP_DEPTH, check_precision, hardware_warning, keep_float32, op_dtypes
+from s3d.precision import (
+    KEEP_DEPTH,
+    Machine,
+    PrecisionPlan,
+    check_precision,
+    cpu_has_native_bfloat16,
+    keep_float32,
+    op_dtypes,
+    plan_precision,
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +49,11 @@ def _check_shapes(model, precision):
     assert np.isfinite(mixed).all() and np.isfinite(emb).all(), precision
 
 
+@needs_native_bf16
 def test_float32_and_bfloat16_load_run_and_keep_the_shapes_and_dtypes(models):
     for precision, model in models.items():
         _check_shapes(model, precision)
+        assert model.requested_precision == precision
 
 
 def test_float32_is_the_modules_own_signature_bit_for_bit(standin_dir, models, clips):
@@ -57,6 +69,7 @@ def test_float32_is_the_modules_own_signature_bit_for_bit(standin_dir, models, c
     np.testing.assert_array_equal(emb, direct["video_embedding"].numpy())
 
 
+@needs_native_bf16
 def test_bfloat16_lowers_the_network_and_keeps_the_first_convolutions_in_float32(models):
     model = models["bfloat16"]
     graph = model._video.graph_def
@@ -94,6 +107,7 @@ def test_keep_float32_goes_by_convolution_depth_from_the_input():
     assert keep_float32(graph, 0) == []
 
 
+@needs_native_bf16
 def test_natural_clips_in_bfloat16_stay_close_to_float32(features):
     for key in ("video_embedding", "mixed_5c"):
         c = cosine(features["float32"][key][:16], features["bfloat16"][key][:16])
@@ -101,6 +115,7 @@ def test_natural_clips_in_bfloat16_stay_close_to_float32(features):
         assert c.min() < 1.0  # it did change: a lower precision really ran
 
 
+@needs_native_bf16
 def test_text_queries_find_the_same_top_10_clips_in_bfloat16(models, features):
     queries = models["float32"].embed_text(TEXT_QUERIES)
     overlap = top10_overlap(queries, features["float32"]["video_embedding"], features["bfloat16"]["video_embedding"])
@@ -120,23 +135,85 @@ def test_float16_without_a_gpu_warns_and_computes_float32(standin_dir, models, c
     with caplog.at_level(logging.WARNING, logger="s3d.loader"):
         model = load_s3d(standin_dir, precision="float16")
     warnings = [r.getMessage() for r in caplog.records if "float16" in r.getMessage()]
-    assert warnings and "no GPU" in warnings[0] and "float32" in warnings[0]
-    assert model.lowering.lowered_ops == 0
-    _check_shapes(model, "float16")
+    assert warnings and "no GPU" in warnings[0] and "float32 runs" in warnings[0]
+    assert model.lowering is None  # no rewrite was paid for
+    _check_shapes(model, "float32")
+    assert model.requested_precision == "float16"
+    # The same batch through the same signature on the same machine: the same bits.
     np.testing.assert_array_equal(model.embed_video(clips[:2])[1], models["float32"].embed_video(clips[:2])[1])
 
 
-def test_hardware_warnings_say_what_to_expect():
-    assert hardware_warning("float32", None, False, None) is None
-    assert hardware_warning("bfloat16", None, True, None) is None
-    no_units = hardware_warning("bfloat16", None, False, None)
-    assert "AVX512_BF16" in no_units and "slower than float32" in no_units
-    on_gpu = hardware_warning("bfloat16", "/device:GPU:0", True, (8, 9))
-    assert "/device:GPU:0" in on_gpu and "float16" in on_gpu
-    assert hardware_warning("float16", "/device:GPU:0", None, (7, 5)) is None
-    old_gpu = hardware_warning("float16", "/device:GPU:0", None, (6, 1))
-    assert "6.1" in old_gpu and "tensor cores" in old_gpu
-    assert "no GPU" in hardware_warning("float16", None, True, None)
+def test_bfloat16_without_bfloat16_units_runs_float32(standin_dir, models, clips, caplog, monkeypatch):
+    """What a user gets on an AVX2-only CPU: float32, said so in a warning and in the model's precision.
+
+    ONEDNN_MAX_CPU_ISA=AVX2 makes this machine answer as an AVX2-only one (the cap is read when the
+    precision is planned), so the test runs on any CPU.
+    """
+    from s3d.loader import load_s3d
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    with caplog.at_level(logging.WARNING, logger="s3d.loader"):
+        model = load_s3d(standin_dir, precision="bfloat16")
+    warnings = [r.getMessage() for r in caplog.records if "bfloat16" in r.getMessage()]
+    assert len(warnings) == 1 and "AVX512_BF16" in warnings[0] and "float32 runs" in warnings[0], warnings
+    assert "emulates" not in warnings[0]  # the old warning promised bfloat16's rounding, which never ran
+    assert model.precision == "float32" and model.requested_precision == "bfloat16"
+    assert model.lowering is None  # the rewrite's 10 s are not paid
+    np.testing.assert_array_equal(model.embed_video(clips[:2])[1], models["float32"].embed_video(clips[:2])[1])
+
+
+@pytest.mark.skipif("__import__('tensorflow').config.list_physical_devices('GPU')",
+                    reason="the CUDA rewrite lowers nothing only without a GPU")
+def test_a_rewrite_that_lowers_nothing_leaves_float32_running(standin_dir, clips, models, monkeypatch, caplog):
+    """The no-lowering outcome is first-class: the module's own signature runs and the model says float32."""
+    from s3d import loader, precision
+
+    # A machine the plan trusts with bfloat16, and a rewrite that finds nothing to lower: the CUDA
+    # float16 rewrite, which on a machine without a GPU changes no op (TensorFlow's own behaviour).
+    monkeypatch.setattr(precision, "plan_precision", lambda p, m: precision.PrecisionPlan(p, p))
+    monkeypatch.setitem(precision._REWRITES, "bfloat16", "auto_mixed_precision")
+    with caplog.at_level(logging.WARNING, logger="s3d.loader"):
+        model = loader.load_s3d(standin_dir, precision="bfloat16")
+    assert model.lowering is not None and not model.lowering.effective and model.lowering.lowered_ops == 0
+    assert model.precision == "float32" and model.requested_precision == "bfloat16"
+    assert any("changed no op" in r.getMessage() for r in caplog.records)
+    np.testing.assert_array_equal(model.embed_video(clips[:2])[1], models["float32"].embed_video(clips[:2])[1])
+
+
+def test_the_plan_says_what_runs_on_every_kind_of_machine():
+    avx2 = Machine(cpu_bf16=False, onednn=True)
+    sapphire_rapids = Machine(cpu_bf16=True, onednn=True)
+    for precision in ("float32", "bfloat16", "float16"):
+        assert plan_precision(precision, sapphire_rapids).requested == precision
+    assert plan_precision("float32", avx2) == PrecisionPlan("float32", "float32", None, onednn=True)
+    assert plan_precision("bfloat16", sapphire_rapids).effective == "bfloat16"
+    assert plan_precision("bfloat16", sapphire_rapids).reason is None
+    cases = {
+        ("bfloat16", avx2): ("float32", "AVX512_BF16"),
+        ("bfloat16", Machine(cpu_bf16=True, onednn=False)): ("float32", "TF_ENABLE_ONEDNN_OPTS=0"),
+        ("bfloat16", Machine("/device:GPU:0", (8, 9), True, True)): ("float32", "float16 on GPUs"),
+        ("bfloat16", Machine(cpu_bf16=None, onednn=True)): ("bfloat16", "cannot be read"),
+        ("float16", sapphire_rapids): ("float32", "no GPU"),
+        ("float16", Machine("/device:GPU:0", (6, 1))): ("float32", "6.1"),
+        ("float16", Machine("/device:GPU:0", (7, 5))): ("float16", None),
+        ("float16", Machine("the workers' GPUs")): ("float16", None),  # a launcher for remote GPU workers
+    }
+    for (precision, machine), (effective, said) in cases.items():
+        plan = plan_precision(precision, machine)
+        assert plan.effective == effective, (precision, machine)
+        assert (plan.reason is None) if said is None else (said in plan.reason), (precision, machine, plan.reason)
+        if effective != precision:
+            assert "float32 runs" in plan.reason, plan.reason
+
+
+def test_bfloat16_units_are_read_from_the_cpu_and_the_onednn_cap():
+    assert cpu_has_native_bfloat16({"avx2", "avx512f", "avx512_bf16"}, isa_cap="") is True
+    assert cpu_has_native_bfloat16({"avx2", "amx_bf16"}, isa_cap="") is True
+    assert cpu_has_native_bfloat16({"avx2", "fma"}, isa_cap="") is False  # AMD Zen 3
+    assert cpu_has_native_bfloat16({"avx2", "avx512_bf16"}, isa_cap="AVX2") is False
+    assert cpu_has_native_bfloat16({"avx2", "avx512_bf16"}, isa_cap="avx512_core") is False  # oneDNN takes any case
+    assert cpu_has_native_bfloat16({"avx2", "avx512_bf16"}, isa_cap="AVX512_CORE_AMX") is True
+    assert cpu_has_native_bfloat16(set(), isa_cap="AVX2") is False
 
 
 def test_a_bad_precision_is_named():
@@ -146,3 +223,18 @@ def test_a_bad_precision_is_named():
         check_precision("half")
     with pytest.raises(ValueError, match="'fp8'"):
         load_s3d("/nowhere", precision="fp8")
+
+
+@pytest.mark.parametrize("setting,expected", [(None, "True"), ("0", "False")])
+def test_the_package_turns_onednn_on_unless_the_user_set_it(setting, expected, newcomer_env):
+    """TensorFlow leaves oneDNN off on AVX2-only CPUs (2.4x slower Conv3D); importing s3d turns it on first."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in newcomer_env.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    if setting is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = setting
+    code = ("import os, s3d; from s3d.precision import onednn_enabled; "
+            "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], onednn_enabled())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [setting or "1", expected]

@@ -182,8 +182,10 @@ def test_embed_text_records_its_precision_and_keeps_the_text_tower_float32(stand
     assert embed_text.main(["--input", str(sentences), "--output_prefix", prefix, "--model", standin_dir,
                             "--precision", "bfloat16"]) == 0
     table = ds.dataset(os.path.join(prefix, "texts")).to_table()
-    assert json.loads(table.schema.metadata[METADATA_KEY])["precision"] == "bfloat16"
-    assert read_summary(prefix)["precision"] == "bfloat16"
+    meta = json.loads(table.schema.metadata[METADATA_KEY])
+    assert (meta["precision"], meta["precision_requested"]) == ("float32", "bfloat16")  # the tower that ran
+    summary = read_summary(prefix)
+    assert (summary["precision"], summary["precision_requested"]) == ("float32", "bfloat16")
     rows = {r["text"]: r["text_embedding"] for r in table.to_pylist()}
     expected = standin_model.embed_text(["cut the tomato"])[0]
     # float32 to float32's rounding (batching changes the last bits); bfloat16 would be off by ~1e-2

@@ -8,7 +8,11 @@ import os
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
+from floats import assert_features_close
+from machine import needs_native_bf16
 from tf1_hub_module import write_tf1_hub_module
+
+from benchmarks.precision import natural_clips
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +45,39 @@ def test_load_s3d_uses_the_inference_variant_and_matches_the_tf2_export(tf1_modu
 
     model = load_s3d(tf1_module)
     assert model.provenance["kind"] == "external"
-    clip = np.random.default_rng(3).integers(0, 256, (2, 16, 64, 64, 3), dtype=np.uint8)
+    clip = natural_clips(2, seed=3, frames=16, size=64)
     mixed, emb = model.embed_video(clip)
     ref_mixed, ref_emb = standin_model.embed_video(clip)  # the same parameters, exported for TF2
-    np.testing.assert_allclose(mixed, ref_mixed, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(emb, ref_emb, rtol=1e-4, atol=1e-4)
+    assert_features_close(mixed, ref_mixed, "mixed_5c")  # another graph of the same arithmetic
+    assert_features_close(emb, ref_emb, "video_embedding")
     sentences = ["cut the tomato", "a dog runs on the beach"]
     np.testing.assert_allclose(model.embed_text(sentences), standin_model.embed_text(sentences), rtol=1e-5, atol=1e-5)
     assert model.known_words(sentences) == [None, None]  # the vocabulary is inside the graph only
+
+
+def test_no_known_words_on_a_module_without_a_vocabulary_file(tf1_module):
+    """The hub module keeps its vocabulary in the graph: "no known word" is decided from the embedding.
+
+    The sentence's embedding is compared with the empty sentence's, computed in another batch, so
+    the two differ in the last bits: the decision must not rest on bit equality.
+    """
+    from s3d.loader import PADDING_RTOL, is_padding_only, load_s3d
+    from s3d.vocab import standin_vocabulary
+
+    model = load_s3d(tf1_module)
+    words = standin_vocabulary()
+    unknown = ["qwerty zxcv", "", "!!!", "zzz " * 20]
+    sentences = [*unknown, *words, "cut the tomato"]
+    assert model.known_words(sentences) == [None] * len(sentences)
+    for batch in (sentences, sentences[::-1], sentences[:7]):  # batch composition changes the last bits
+        flags = dict(zip(batch, model.no_known_words(batch), strict=True))
+        assert [s for s in batch if flags[s]] == [s for s in batch if s in unknown], "only the unknown ones"
+    # Every sentence of one known word is far from the padding vector, next to the tolerance.
+    padding = model.embed_text([""])[0]
+    one_word = model.embed_text(words)
+    distance = np.linalg.norm(one_word - padding, axis=1) / np.linalg.norm(padding)
+    assert distance.min() > 100 * PADDING_RTOL, distance.min()
+    assert not is_padding_only(one_word, padding).any()
 
 
 def test_the_train_variant_uses_batch_statistics(tf1_module):
@@ -62,6 +91,7 @@ def test_the_train_variant_uses_batch_statistics(tf1_module):
     assert not np.allclose(train, inference, atol=1e-3)
 
 
+@needs_native_bf16
 def test_a_lower_precision_works_on_the_tf1_module(tf1_module):
     from s3d.loader import load_s3d
 

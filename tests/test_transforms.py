@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to, is_not_empty
+from machine import needs_native_bf16
 
 from decoder import Clip, DecodeOptions
 from synthetic.videos import write_video
@@ -163,7 +164,7 @@ def test_handler_validates_its_arguments():
     assert handler.share_model_across_processes()
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("precision", ["float32", pytest.param("bfloat16", marks=needs_native_bf16)])
 def test_shared_model_proxy_calls_public_methods(standin_dir, precision):
     """With large_model, Beam hands run_inference a cross-process proxy: only public methods work."""
     from apache_beam.utils.multi_process_shared import MultiProcessShared
@@ -180,6 +181,17 @@ def test_shared_model_proxy_calls_public_methods(standin_dir, precision):
         np.testing.assert_array_equal(rows[0]["video_embedding"], direct)  # the proxied copy has this precision
     finally:
         shared.release(proxy)
+
+
+def test_a_worker_that_cannot_compute_the_recorded_precision_refuses_to_load(standin_dir, monkeypatch):
+    """A remote run records bfloat16; a worker without bfloat16 units must not write float32 features under it."""
+    from s3d.loader import ModelLoadError
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # this machine answers as an AVX2-only worker
+    handler = S3DModelHandler(standin_dir, precision="bfloat16")
+    with pytest.raises(ModelLoadError, match="computes float32 where the run records bfloat16"):
+        handler.load_model()
+    assert S3DModelHandler(standin_dir, "text", precision="bfloat16").load_model().precision == "float32"
 
 
 # ---- prefetch ------------------------------------------------------------------------------------
@@ -341,6 +353,9 @@ def test_text_steps_read_each_input_kind_and_record_inference_failures(tmp_path,
 
         def known_words(self, batch):
             return [len(s.split()) for s in batch]
+
+        def no_known_words(self, batch, embeddings):
+            return [False] * len(batch)
 
     class Handler(S3DModelHandler):
         def load_model(self):

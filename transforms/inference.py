@@ -18,6 +18,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
+from s3d.loader import ModelLoadError, load_s3d  # TensorFlow itself is imported at load, on the worker
 from s3d.precision import check_precision
 from transforms.progress import ProgressLog
 from transforms.records import NAMESPACE, ClipItem, TextItem
@@ -39,7 +40,9 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
         model_copies: exact number of shared copies per machine (e.g. one per GPU).
         expect_gpus: GPUs the job asked for on the workers that run the model; loading
             where TensorFlow sees none logs a warning (the model then runs on the CPU).
-        precision: what the video tower computes in: float32, bfloat16 or float16 (s3d.precision).
+        precision: what the video tower computes in: float32, bfloat16 or float16 (s3d.precision),
+            as the run records it. A worker that would compute another (no bfloat16 units, no GPU)
+            refuses to load rather than write features under the wrong name.
     """
 
     def __init__(
@@ -75,10 +78,13 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
         self._precision = precision
 
     def load_model(self):
-        from s3d.loader import load_s3d  # TensorFlow is imported on the worker, not at graph build
-
         # The text tower is float32 at every precision: a text job does not lower the video tower.
         model = load_s3d(self._handle, precision=self._precision if self._task == "video" else "float32")
+        if self._task == "video" and model.precision != self._precision:
+            raise ModelLoadError(
+                f"this worker's video tower computes {model.precision} where the run records {self._precision} "
+                "(the launcher cannot see remote workers' CPUs): use workers that run it natively (bfloat16: "
+                "CPUs with AVX512_BF16 or AMX; float16: GPUs with tensor cores), or --precision float32")
         if self._expect_gpus and model.device is None:
             log.warning(
                 "%d GPU(s) per worker were asked for (--inference_accelerator or the worker_accelerator service "
@@ -106,17 +112,15 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
     @staticmethod
     def _embed_texts(batch: Sequence[TextItem], model) -> list[dict]:
         sentences = [item.text for item in batch]
-        # The empty sentence rides along: its embedding is the padding-only vector, which is
-        # exactly what a sentence with no known word gets (this works on the hub module too).
-        embeddings = model.embed_text([*sentences, ""])
-        padding = embeddings[-1]
+        embeddings = model.embed_text(sentences)
         known = model.known_words(sentences)
+        unknown = model.no_known_words(sentences, embeddings)
         return [
             {
                 "text_id": item.text_id,
                 "text": item.text,
                 "known_words": known[i],
-                "no_known_words": bool(np.array_equal(embeddings[i], padding)),
+                "no_known_words": unknown[i],
                 "text_embedding": embeddings[i],
             }
             for i, item in enumerate(batch)
