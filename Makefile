@@ -6,9 +6,10 @@
 SUPPORTED_PYTHONS := 3.13 3.12 3.11
 PYTHON ?= $(firstword $(foreach v,$(SUPPORTED_PYTHONS),$(shell python$(v) -c 'import sys' >/dev/null 2>&1 && echo python$(v))))
 VENV ?= .venv
-# dev (tests, lint), gcp (Dataflow), convert (PyTorch, only to read the authors' checkpoint).
+# dev (tests, lint, the tests' local object stores), gcp (Dataflow and gs://), aws (s3://),
+# convert (PyTorch, only to read the authors' checkpoint).
 # `make bench` adds bench (the index libraries faiss is compared with; hnswlib compiles from source).
-EXTRAS ?= dev,convert,gcp
+EXTRAS ?= dev,convert,gcp,aws
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CACHE := .cache

@@ -30,7 +30,9 @@ EXTRAS_REQUIRE = {
     # Dataflow: the GCP I/O and runner; `build` packs this project for --setup_file.
     "gcp": ["apache-beam[gcp]==2.77.0", "build==1.6.1"],
     "aws": ["apache-beam[aws]==2.77.0"],
-    "dev": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.17.6", "duckdb==2.0.1"],
+    # The tests' object stores run on 127.0.0.1: a GCS emulator and moto's S3 server (tests/object_stores.py).
+    "dev": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.17.6", "duckdb==2.0.1",
+            "gcp-storage-emulator==2026.7.19", "moto[server]==5.2.5"],
     # Only to read the authors' PyTorch checkpoint (s3d.convert). The CPU build: 2.13.0 is the
     # one this workplace's machines carry on disk; a looser pin would fetch a multi-GB CUDA build.
     "convert": ["torch==2.13.0"],
@@ -51,7 +53,8 @@ setup(
         "Programming Language :: Python :: 3.13",
     ],
     packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "decoder", "decoder.*", "s3d", "s3d.*",
-                                    "synthetic", "synthetic.*", "vector_index", "vector_index.*"]),
+                                    "synthetic", "synthetic.*", "vector_index", "vector_index.*",
+                                    "storage", "storage.*"]),
     package_data={"s3d": ["standin_vocab.txt", "state_dict_layout.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -20,10 +20,10 @@ from decoder.errors import (
 )
 from decoder.options import CROP_MODES, FALLBACK_FPS, TAIL_POLICIES, DecodeOptions, add_decode_arguments
 from decoder.prefetch import prefetch
-from decoder.reader import Clip, ClipReader, Opener, VideoInfo, is_local, local_path
+from decoder.reader import Clip, ClipReader, Opener, VideoInfo
 
 __all__ = [
     "CROP_MODES", "FALLBACK_FPS", "TAIL_POLICIES", "Clip", "ClipReader", "CorruptStreamError", "DecodeOptions",
     "LimitExceededError", "NoFramesError", "NoVideoStreamError", "OpenError", "Opener", "TooShortError",
-    "UnsupportedCodecError", "VideoError", "VideoInfo", "add_decode_arguments", "is_local", "local_path", "prefetch",
+    "UnsupportedCodecError", "VideoError", "VideoInfo", "add_decode_arguments", "prefetch",
 ]

@@ -42,9 +42,11 @@ from decoder.errors import (
 from decoder.frames import FrameConverter
 from decoder.options import FALLBACK_FPS, DecodeOptions
 from decoder.sampling import EPS, Clip, NeedAllFrames, TimestampSampler, Windower
+from storage.paths import is_local, local_path
 
-# Opens a remote URI for reading (e.g. Beam's FileSystems.open). It raises FileNotFoundError
-# for a missing object; other errors count as transient (timeouts, 5xx) and may be retried.
+# Opens a remote URI for reading (the jobs pass storage.objects.open_object). It raises
+# FileNotFoundError for a missing object and PermissionError for a forbidden one (both permanent);
+# other errors count as transient (timeouts, 5xx) and may be retried.
 Opener = Callable[[str], IO[bytes]]
 
 # Packets read ahead of the decoder: enough to know each frame's successor in presentation
@@ -74,16 +76,6 @@ class VideoInfo:
     dropped_tail_frames: int = 0  # sampled frames not in any clip because tail == "drop"
 
 
-def is_local(uri: str) -> bool:
-    """A path on this machine (or a file:// URI), as opposed to an object store URI."""
-    return "://" not in uri or uri.startswith("file://")
-
-
-def local_path(uri: str) -> str:
-    """The path of a local URI (a file:// URI loses its scheme; a plain path stays as it is)."""
-    return uri[len("file://"):] if uri.startswith("file://") else uri
-
-
 def _local_source(uri: str) -> str:
     path = local_path(uri)
     if not os.path.exists(path):
@@ -102,6 +94,8 @@ def _remote_source(uri: str, opener: Opener | None) -> IO[bytes]:
         return opener(uri)
     except FileNotFoundError as e:
         raise OpenError(uri, f"no such object: {e}") from e
+    except PermissionError as e:
+        raise OpenError(uri, f"access denied: {e}") from e
     except Exception as e:  # filesystem plugins raise their own types (BeamIOError, ...): retryable
         raise OpenError(uri, f"cannot read: {type(e).__name__}: {e}", transient=True) from e
 

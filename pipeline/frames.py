@@ -26,7 +26,8 @@ from typing import Any
 import av
 import numpy as np
 
-from decoder import ClipReader, DecodeOptions, VideoError, add_decode_arguments, is_local
+from decoder import ClipReader, DecodeOptions, VideoError, add_decode_arguments
+from storage.paths import opener_for
 
 SHEET_CLIPS = 16  # rows of the contact sheet: clips chosen evenly from the video
 
@@ -125,15 +126,6 @@ def write_png(path: str, image: np.ndarray) -> None:
             f.write(bytes(packet))
 
 
-def _opener(uri: str):
-    """Beam's filesystems for a remote URI; Beam is imported only then (the decoder opens local paths itself)."""
-    if is_local(uri):
-        return None
-    from transforms.inputs import open_with_beam
-
-    return open_with_beam
-
-
 def extract_frames(video: str, options: DecodeOptions, start_sec: float | None = None, end_sec: float | None = None,
                    output: str | None = None, sheet: str | None = None, sheet_clips: int = SHEET_CLIPS,
                    sheet_thumb: int = 112, decode_all: bool = False) -> dict[str, Any]:
@@ -142,7 +134,7 @@ def extract_frames(video: str, options: DecodeOptions, start_sec: float | None =
     Raises:
         VideoError: the video could not be decoded (nothing is written).
     """
-    reader = ClipReader(video, options, start_sec, end_sec, opener=_opener(video), decode_all=decode_all)
+    reader = ClipReader(video, options, start_sec, end_sec, opener=opener_for(video), decode_all=decode_all)
     frames = _FrameFile(output) if output else None
     board = _Sheet(sheet_clips, sheet_thumb) if sheet else None
     clips, written_to = 0, 0  # samples below `written_to` are in the file already

@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
-from decoder import is_local
 from pipeline.console import configure_logging
 from pipeline.runner import BEAM_EPILOG, check_worker_packaging, create_pipeline, runs_locally
 from pipeline.search import check_complete, features_metadata, split_prefixes, table_files
 from s3d.architecture import EMBEDDING_DIM
 from s3d.quiet import add_log_level_arguments
+from storage.objects import open_object
+from storage.paths import is_local
 from transforms.index import BuildIndex, ShardSpec, plan_shards
 from transforms.layout import LEVEL_TABLE, summary_path
 from transforms.tables import utc_now
@@ -94,7 +95,7 @@ def summary_digest(prefix: str) -> str | None:
     path = summary_path(prefix)
     if not FileSystems.exists(path):
         return None
-    with FileSystems.open(path) as f:
+    with open_object(path) as f:
         return hashlib.sha256(f.read()).hexdigest()
 
 
@@ -185,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     add_log_level_arguments(parser.add_argument_group("console"))
     parser.parse_known_args(argv)  # --help and type errors
     options = PipelineOptions(argv)
+    FileSystems.set_options(options)  # Beam's filesystem flags (--s3_endpoint_url, ...) for the launcher's reads
     opts = options.view_as(IndexOptions)
     configure_logging(parser.parse_known_args(argv)[0].log_level)
     watch = time.monotonic()

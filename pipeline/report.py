@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from storage.objects import open_object
 from transforms.layout import table_glob
 
 
@@ -21,7 +22,7 @@ def failure_reasons(output_prefix: str, top: int = 10) -> list[dict[str, Any]]:
         # dataset layer, whose threads may drop the last reference to it while the interpreter
         # exits; that needs the GIL there and aborts the process ("terminate called without an
         # active exception"), after the job has finished. ParquetFile is closed here, now.
-        with FileSystems.open(match.path) as f, pq.ParquetFile(f) as parquet:
+        with open_object(match.path) as f, pq.ParquetFile(f) as parquet:
             table = parquet.read(columns=["stage", "error_type", "message"])
         for stage, error_type, message in zip(*(table.column(c).to_pylist() for c in ("stage", "error_type", "message")), strict=True):
             counts[(stage, error_type)] += 1

@@ -25,9 +25,9 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
-from decoder import is_local
 from pipeline.options import IOOptions, runs_locally
 from pipeline.progress import ProgressDisplay
+from storage.paths import is_local
 from transforms.layout import summary_path, table_glob
 from transforms.progress import ProgressLog
 from transforms.tables import read_summary, utc_now, write_summary
@@ -132,7 +132,11 @@ def parse_job_args(
     for cls, group in option_classes:
         cls._add_argparse_args(parser.add_argument_group(group) if group else parser)
     parser.parse_known_args(argv)  # --help and type errors
-    return PipelineOptions(argv)
+    options = PipelineOptions(argv)
+    # The launcher reads and writes the stores before any pipeline exists (input checks, clearing a
+    # prefix, the summary): Beam's filesystems take their settings (--s3_endpoint_url, ...) from here.
+    FileSystems.set_options(options)
+    return options
 
 
 def check_worker_packaging(options: PipelineOptions) -> None:

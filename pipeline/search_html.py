@@ -23,10 +23,11 @@ THUMB_SIZE = 96
 def thumbnails(uri: str, start_sec: float, end_sec: float, count: int = THUMBS_PER_RESULT) -> list[np.ndarray]:
     """`count` frames spread over [start_sec, end_sec) of the video, centre-cropped, THUMB_SIZE square."""
     from decoder import ClipReader, DecodeOptions
+    from storage.paths import opener_for
 
     span = max(end_sec - start_sec, 1e-3)
     options = DecodeOptions(fps=count / span, frames_per_clip=count, size=THUMB_SIZE, max_seconds_per_video=60)
-    reader = ClipReader(uri, options, start_sec=start_sec or None, end_sec=end_sec)
+    reader = ClipReader(uri, options, start_sec=start_sec or None, end_sec=end_sec, opener=opener_for(uri))
     for clip in reader:
         return list(clip.frames)
     return []

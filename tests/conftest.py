@@ -74,3 +74,30 @@ def _one_load_per_model():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(transforms.inference, "load_s3d", load_once)
         yield
+
+
+# ---- object stores on 127.0.0.1 (tests/object_stores.py) ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def gcs_store():
+    from object_stores import start_gcs
+
+    store, stop = start_gcs()
+    yield store
+    stop()
+
+
+@pytest.fixture(scope="session")
+def s3_store():
+    from object_stores import start_s3
+
+    store, stop = start_s3()
+    yield store
+    stop()
+
+
+@pytest.fixture(params=["gcs", "s3"])
+def object_store(request):
+    """Each test that takes it runs once on the GCS emulator and once on the S3 server."""
+    return request.getfixturevalue(f"{request.param}_store")

@@ -16,7 +16,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from decoder import ClipReader, DecodeOptions, VideoError, prefetch
-from transforms.inputs import open_with_beam
+from storage.objects import open_object
 from transforms.progress import ProgressLog
 from transforms.records import FAILURES, NAMESPACE, ClipItem, VideoRequest, failure_row, video_row
 from transforms.split import INFO, PARTS, JoinParts, part_of, part_record
@@ -71,7 +71,7 @@ class DecodeClipsFn(beam.DoFn):
         emitted = 0
         part = part_of(request)
         for attempt in range(self._io_retries + 1):
-            reader = ClipReader(request.uri, self._options, request.start_sec, request.end_sec, opener=open_with_beam,
+            reader = ClipReader(request.uri, self._options, request.start_sec, request.end_sec, opener=open_object,
                                 part=part.reader_part(self._options) if part else None)
             try:
                 for clip in prefetch(reader, self._prefetch):

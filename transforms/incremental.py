@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from storage.objects import open_object
 from transforms.layout import table_glob
 from transforms.records import NAMESPACE
 from transforms.tables import read_run_metadata
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def _file_metadata(path: str) -> dict[str, Any]:
-    with FileSystems.open(path) as f:
+    with open_object(path) as f:
         return read_run_metadata(pq.read_schema(f))
 
 

@@ -19,18 +19,11 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from storage.objects import open_object
 from transforms.records import FAILURES, NAMESPACE, VideoRequest, derive_video_id, failure_row
 
 MANIFEST_KINDS = {".txt": "txt", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 BAD_LINES = "bad_lines"
-
-
-def open_with_beam(uri: str):
-    """The decoder's opener for remote URIs: any filesystem Beam knows (gs://, s3://, ...).
-
-    The decoder opens local paths itself, so it is given this opener whatever the URI.
-    """
-    return FileSystems.open(uri, compression_type="application/octet-stream")
 
 
 def input_kind(spec: str) -> str:
@@ -58,14 +51,14 @@ def check_input(spec: str, column: str = "uri") -> None:
     elif kind == "parquet":
         import pyarrow.parquet as pq
 
-        with FileSystems.open(matches[0].path) as f:
+        with open_object(matches[0].path) as f:
             names = pq.read_schema(f).names
         if column not in names:
             raise ValueError(f"--input {spec!r}: Parquet file {matches[0].path} has no {column!r} column (columns: {names})")
 
 
 def csv_header(path: str) -> list[str]:
-    with FileSystems.open(path) as f:
+    with open_object(path) as f:
         first = io.TextIOWrapper(f, encoding="utf-8").readline()
     return [c.strip() for c in next(csv.reader([first]), [])]
 

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from typing import IO, Any
 
-from decoder import is_local, local_path
+from storage.paths import is_local, local_path
 
 SUMMARY_NAME = "run_summary.json"
 

@@ -18,7 +18,7 @@ from apache_beam.metrics import Metrics
 
 from decoder import DecodeOptions
 from decoder.split import Part, plan_parts, read_extent
-from transforms.inputs import open_with_beam
+from storage.objects import open_object
 from transforms.progress import ProgressLog
 from transforms.records import FAILURES, NAMESPACE, VideoRequest, failure_row
 
@@ -51,7 +51,7 @@ class SplitLongVideosFn(beam.DoFn):
 
     def process(self, request: VideoRequest):
         try:
-            extent = read_extent(request.uri, open_with_beam)
+            extent = read_extent(request.uri, open_object)
         except Exception as e:  # noqa: BLE001 - any unreadable header: decoding whole reports it properly
             log.debug("not splitting %s: %s", request.uri, e)
             yield request

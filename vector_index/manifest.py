@@ -11,7 +11,8 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
-from decoder import is_local, local_path
+from storage.objects import open_object
+from storage.paths import is_local, local_path
 
 FORMAT = 1
 MANIFEST_NAME = "index.json"
@@ -84,7 +85,7 @@ def read_manifest(index_dir: str) -> Manifest | None:
     if not FileSystems.exists(path):
         return None
     try:
-        with FileSystems.open(path) as f:
+        with open_object(path) as f:
             data = json.loads(f.read().decode("utf-8"))
         if data.get("format") != FORMAT:
             raise IndexDamaged(f"{path} is index format {data.get('format')!r}; this version reads format {FORMAT}")

@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from decoder import is_local, local_path
+from storage.objects import open_object
+from storage.paths import is_local, local_path
 from transforms.layout import LEVEL_COLUMNS
 from vector_index import library
 from vector_index.manifest import IndexDamaged, IndexProblem, Manifest, file_digest, read_manifest, shard_path
@@ -95,7 +96,7 @@ class IndexSearcher:
             if not os.path.exists(path) or os.path.getsize(path) != expected["bytes"]:
                 if not FileSystems.exists(source):
                     raise IndexDamaged(f"{source} is missing: rebuild the index, or search exactly with --exact")
-                with FileSystems.open(source) as src, open(path + ".part", "wb") as dst:
+                with open_object(source) as src, open(path + ".part", "wb") as dst:
                     shutil.copyfileobj(src, dst, 8 << 20)
                 os.replace(path + ".part", path)
         size, sha = file_digest(path)

@@ -1,0 +1,65 @@
+"""Objects on any Beam filesystem, opened as the bytes they are, with store errors mapped to what they mean.
+
+A store's client raises its own types: on GCS `google.api_core.exceptions.NotFound` (not an
+OSError), on S3 Beam's `S3ClientError` carrying the HTTP status as `code`, and Beam's own
+filesystem calls wrap either in `BeamIOError`. Callers here get FileNotFoundError for a missing
+object and PermissionError for one they may not read: both permanent, never retried. Anything
+else (503, a reset connection, a timeout) stays what it was: transient, worth a retry.
+"""
+
+from __future__ import annotations
+
+from typing import IO
+
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+# HTTP statuses a store answers for a request that will never succeed as it is.
+_MISSING = {404, 410, "404", "410", "NoSuchKey", "NoSuchBucket", "NotFound"}
+_FORBIDDEN = {401, 403, "401", "403", "AccessDenied", "Forbidden"}
+
+
+def _codes(error: BaseException) -> list[object]:
+    """The status codes an error carries, its own and (for BeamIOError) those of the errors it wraps."""
+    codes = [getattr(error, "code", None), getattr(error, "status_code", None)]
+    if isinstance(error, BeamIOError):
+        for inner in (error.exception_details or {}).values():
+            if isinstance(inner, BaseException):
+                codes += _codes(inner)
+    return [c for c in codes if c is not None]
+
+
+def classify(error: BaseException) -> type[OSError] | None:
+    """FileNotFoundError or PermissionError when a store's error means one of them; None for anything else."""
+    if isinstance(error, FileNotFoundError):
+        return FileNotFoundError
+    if isinstance(error, PermissionError):
+        return PermissionError
+    codes = {str(c) for c in _codes(error)}
+    if codes & {str(c) for c in _MISSING}:
+        return FileNotFoundError
+    if codes & {str(c) for c in _FORBIDDEN}:
+        return PermissionError
+    return None
+
+
+def translate(error: BaseException, uri: str) -> BaseException:
+    """`error` as FileNotFoundError / PermissionError naming `uri` when it means one; else `error` itself."""
+    kind = classify(error)
+    if kind is None or isinstance(error, kind):
+        return error
+    return kind(f"{uri}: {type(error).__name__}: {error}")
+
+
+def open_object(uri: str) -> IO[bytes]:
+    """`uri` opened for reading through Beam's FileSystems: the stored bytes, seekable on every store Beam ships.
+
+    Raises:
+        FileNotFoundError: no such object (or bucket).
+        PermissionError: the store refuses access.
+        Exception: the store's own error for anything else (transient: retry it).
+    """
+    try:
+        return FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED)
+    except Exception as e:  # every store client has its own types; translate() keeps the ones it does not know
+        raise translate(e, uri) from e

@@ -1,0 +1,134 @@
+"""Real object stores on 127.0.0.1 for the tests: a GCS emulator and an S3-compatible server, reached through
+Beam's own GCS and S3 filesystems (nothing is stubbed below Beam's FileSystem API).
+
+- gs://: gcp-storage-emulator (PyPI), found by Google's client through STORAGE_EMULATOR_HOST. Beam's
+  GCS filesystem asks google-auth for credentials first: a service-account file whose token_uri is a
+  token server on 127.0.0.1 answers it at once and offline (without one, Beam retries for ~25 s and
+  google-auth would probe the metadata server). NO_GCE_CHECK keeps google-auth off that server.
+- s3://: moto's server mode (PyPI), given to the jobs with Beam's --s3_endpoint_url. AWS_ENDPOINT_URL_S3
+  (which boto3 reads) names it too, for the tools that take no Beam flags (search, check_run, frames)
+  and so that no S3 client of the tests can reach AWS.
+
+Both servers bind 127.0.0.1 only, on free ports, and stop with the test session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import tempfile
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+BUCKET = "s3d-tests"
+
+
+@dataclasses.dataclass
+class Store:
+    """One object store for tests: its scheme, the flags a job needs to reach it, and a fresh root per call."""
+
+    scheme: str
+    beam_args: list[str]
+    env: dict[str, str]  # what a subprocess job needs in its environment
+
+    def root(self, name: str = "") -> str:
+        """A new, empty prefix on the store."""
+        return f"{self.scheme}://{BUCKET}/{name or 'run'}-{uuid.uuid4().hex[:8]}"
+
+    def upload(self, local: str, uri: str) -> str:
+        from apache_beam.io.filesystems import FileSystems
+
+        with open(local, "rb") as src, FileSystems.create(uri) as dst:
+            dst.write(src.read())
+        return uri
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _TokenHandler(BaseHTTPRequestHandler):
+    """Google's OAuth token endpoint, as far as a service account's refresh needs it."""
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = json.dumps({"access_token": "local-test-token", "expires_in": 3600, "token_type": "Bearer"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def _service_account_file(token_uri: str) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    info = {"type": "service_account", "project_id": "s3d-tests", "private_key_id": "local", "private_key": pem,
+            "client_email": "tests@s3d-tests.iam.gserviceaccount.com", "client_id": "1", "token_uri": token_uri}
+    fd, path = tempfile.mkstemp(prefix="s3d-test-credentials-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(info, f)
+    return path
+
+
+def start_gcs():
+    """(Store, stop): the emulator with BUCKET, and the environment that reaches it, set in this process."""
+    import logging
+
+    from gcp_storage_emulator.server import create_server
+
+    logging.getLogger("gcp_storage_emulator").setLevel(logging.ERROR)  # it warns on every streamed response
+    tokens = ThreadingHTTPServer(("127.0.0.1", 0), _TokenHandler)
+    threading.Thread(target=tokens.serve_forever, daemon=True).start()
+    port = free_port()
+    server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
+    server.start()
+    env = {
+        "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}",
+        "GOOGLE_APPLICATION_CREDENTIALS": _service_account_file(f"http://127.0.0.1:{tokens.server_address[1]}/token"),
+        "GOOGLE_CLOUD_PROJECT": "s3d-tests",
+        "NO_GCE_CHECK": "true",
+    }
+    os.environ.update(env)
+
+    def stop():
+        server.stop()
+        tokens.shutdown()
+        os.unlink(env["GOOGLE_APPLICATION_CREDENTIALS"])
+
+    return Store("gs", [], env), stop
+
+
+def start_s3():
+    """(Store, stop): moto's S3 server with BUCKET; jobs reach it with Store.beam_args."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "tests", "AWS_SECRET_ACCESS_KEY": "tests", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_EC2_METADATA_DISABLED": "true", "AWS_ENDPOINT_URL_S3": url}
+    os.environ.update(env)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    import boto3
+
+    boto3.client("s3", endpoint_url=url).create_bucket(Bucket=BUCKET)
+    args = ["--s3_endpoint_url", url, "--s3_access_key_id", "tests", "--s3_secret_access_key", "tests",
+            "--s3_region_name", "us-east-1"]
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    FileSystems.set_options(PipelineOptions(args))  # for the tests' own uploads and reads
+    return Store("s3", args, env), server.stop
