@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
-from apache_beam.io.localfilesystem import LocalFileSystem
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.gcp.gcsfilesystem import GCSFileSystem
 from floats import assert_features_close
 from machine import needs_native_bf16
 
@@ -172,55 +173,60 @@ def test_a_failure_retried_after_the_file_is_fixed_ends_up_in_videos(videos, sta
     assert read_summary(retry)["counts"]["failures_retried"] == 1
 
 
-class FlakyFileSystem(LocalFileSystem):
-    """flaky:///path is /path, but opening fails with a timeout the first `failures_left[path]` times."""
+class FlakyGcs(GCSFileSystem):
+    """flakygs://bucket/object is gs://bucket/object on the GCS emulator, but opening it times out the first
+    `failures_left[gs uri]` times: a fault injected on top of the real store, below the job's retries."""
 
     failures_left: dict[str, int] = {}
     opens: dict[str, int] = {}
 
     @classmethod
     def scheme(cls):
-        return "flaky"
+        return "flakygs"
 
-    def open(self, path, mime_type="application/octet-stream", compression_type=None):
-        local = path[len("flaky://"):]
-        FlakyFileSystem.opens[local] = FlakyFileSystem.opens.get(local, 0) + 1
-        if FlakyFileSystem.failures_left.get(local, 0) > 0:
-            FlakyFileSystem.failures_left[local] -= 1
+    def open(self, path, mime_type="application/octet-stream", compression_type=CompressionTypes.AUTO):
+        real = "gs://" + path[len("flakygs://"):]
+        FlakyGcs.opens[real] = FlakyGcs.opens.get(real, 0) + 1
+        if FlakyGcs.failures_left.get(real, 0) > 0:
+            FlakyGcs.failures_left[real] -= 1
             raise TimeoutError(f"simulated timeout reading {path}")
-        if not os.path.exists(local):
-            raise FileNotFoundError(local)
-        return super().open(local, mime_type, "uncompressed")
+        return super().open(real, mime_type, compression_type)
 
 
-def test_transient_errors_are_retried_and_permanent_ones_are_not(videos, standin_dir, tmp_path):
-    missing = str(tmp_path / "gone.mp4")
-    FlakyFileSystem.failures_left = {videos[1]: 2}
-    FlakyFileSystem.opens = {}
+def _flaky(uri: str) -> str:
+    return "flakygs://" + uri[len("gs://"):]
+
+
+def test_transient_errors_are_retried_and_permanent_ones_are_not(videos, standin_dir, gcs_store, tmp_path):
+    root = gcs_store.root("flaky")
+    video, missing = gcs_store.upload(videos[1], f"{root}/v1.mp4"), f"{root}/gone.mp4"
+    FlakyGcs.failures_left = {video: 2}
+    FlakyGcs.opens = {}
     prefix = str(tmp_path / "out")
-    m = manifest(tmp_path / "m.txt", [f"flaky://{videos[1]}", f"flaky://{missing}"])
+    m = manifest(tmp_path / "m.txt", [_flaky(video), _flaky(missing)])
     assert extract.main(["--input", m, "--output_prefix", prefix, "--model", standin_dir, *FAST,
                          "--io_retry_backoff_sec", "0.01"]) == 0
-    assert [r["uri"] for r in rows(prefix, "videos")] == [f"flaky://{videos[1]}"]
+    assert [r["uri"] for r in rows(prefix, "videos")] == [_flaky(video)]
     # SplitLongVideos reads each header first (a timeout there: the video goes on whole), then the decoder
     # opens it: a timeout, then success
-    assert FlakyFileSystem.opens[videos[1]] == 3
+    assert FlakyGcs.opens[video] == 3
     failures = rows(prefix, "failures")
-    assert [(f["uri"], f["error_type"], f["transient"]) for f in failures] == [(f"flaky://{missing}", "OpenError", False)]
-    assert FlakyFileSystem.opens[missing] == 2  # the header read, then the decoder's one open: not retried
+    assert [(f["uri"], f["error_type"], f["transient"]) for f in failures] == [(_flaky(missing), "OpenError", False)]
+    assert FlakyGcs.opens[missing] == 2  # the header read, then the decoder's one open: the store's 404, not retried
     assert read_summary(prefix)["counts"]["io_retries"] == 1
 
 
-def test_a_transient_error_that_persists_becomes_a_transient_failure(videos, standin_dir, tmp_path):
-    FlakyFileSystem.failures_left = {videos[2]: 100}
-    FlakyFileSystem.opens = {}
+def test_a_transient_error_that_persists_becomes_a_transient_failure(videos, standin_dir, gcs_store, tmp_path):
+    video = gcs_store.upload(videos[2], f"{gcs_store.root('flaky')}/v2.mp4")
+    FlakyGcs.failures_left = {video: 100}
+    FlakyGcs.opens = {}
     prefix = str(tmp_path / "out")
-    m = manifest(tmp_path / "m.txt", [f"flaky://{videos[2]}"])
+    m = manifest(tmp_path / "m.txt", [_flaky(video)])
     assert extract.main(["--input", m, "--output_prefix", prefix, "--model", standin_dir, *FAST,
                          "--io_retries", "2", "--io_retry_backoff_sec", "0.01"]) == 0
     failures = rows(prefix, "failures")
     assert [(f["error_type"], f["transient"]) for f in failures] == [("OpenError", True)]
-    assert FlakyFileSystem.opens[videos[2]] == 1 + 3  # the header read, then the decoder's 1 + 2 retries
+    assert FlakyGcs.opens[video] == 1 + 3  # the header read, then the decoder's 1 + 2 retries
 
 
 def test_same_input_gives_the_same_rows(videos, standin_dir, tmp_path):

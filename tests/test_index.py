@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from apache_beam.io.localfilesystem import LocalFileSystem
 
 from pipeline import index as index_job
 from pipeline import search
@@ -355,43 +354,30 @@ def test_video_level_index(runs, tmp_path):
         assert json.load(f)["level"] == "video"
 
 
-class ObjectStore(LocalFileSystem):
-    """store:///path is /path, reached only through Beam's FileSystems, as gs:// or s3:// are: the index's
-    code takes its object-store paths (uploads, downloads to a cache) for it."""
-
-    PREFIX = "store://"
-
-    @classmethod
-    def scheme(cls):
-        return "store"
-
-    def _local(self, path: str) -> str:
-        return path[len(self.PREFIX):] if path.startswith(self.PREFIX) else path
-
-    def match(self, patterns, limits=None):
-        results = super().match([self._local(p) for p in patterns], limits)
-        for result in results:
-            for m in result.metadata_list:
-                m.path = self.PREFIX + m.path
-        return results
-
-    def create(self, path, *args, **kwargs):
-        return super().create(self._local(path), *args, **kwargs)
-
-    def open(self, path, mime_type="application/octet-stream", compression_type=None):
-        return super().open(self._local(path), mime_type, "uncompressed")
-
-    def exists(self, path):
-        return super().exists(self._local(path))
-
-    def delete(self, paths):
-        return super().delete([self._local(p) for p in paths])
+def _upload_tree(store, local_dir: str, uri: str) -> str:
+    """Every file under `local_dir`, uploaded under `uri` with the same relative paths."""
+    for folder, _, names in os.walk(local_dir):
+        for name in names:
+            path = os.path.join(folder, name)
+            store.upload(path, f"{uri}/{os.path.relpath(path, local_dir)}")
+    return uri
 
 
-def test_runs_and_index_on_an_object_store(runs, tmp_path, capsys):
-    features, output = f"store://{runs['a']}", f"store://{tmp_path}/index"
+def _store_files(uri: str) -> list[str]:
+    from apache_beam.io.filesystems import FileSystems
+
+    return sorted(m.path for m in FileSystems.match([f"{uri}/**"])[0].metadata_list)
+
+
+def test_runs_and_index_on_an_object_store(runs, gcs_store, tmp_path, capsys):
+    """The index's object-store paths (uploads, downloads to a cache, the checksum check) on the GCS emulator."""
+    from apache_beam.io.filesystems import FileSystems
+
+    root = gcs_store.root("index")
+    features, output = _upload_tree(gcs_store, runs["a"], f"{root}/a"), f"{root}/index"
     assert build(features, output, "--shard_rows", "500") == 0
-    assert len(os.listdir(tmp_path / "index" / "shards")) == 3 * 2  # uploaded through FileSystems
+    shards = [p for p in _store_files(output) if "/shards/" in p]
+    assert len(shards) == 3 * 2  # uploaded through FileSystems
     manifest = read_manifest(output)
     assert manifest.runs[0]["features"] == features and manifest.rows == 1200
     texts = write_texts(str(tmp_path / "texts"), queries_near(runs["a_emb"], 3))
@@ -404,7 +390,12 @@ def test_runs_and_index_on_an_object_store(runs, tmp_path, capsys):
     cache.mkdir()
     searcher = IndexSearcher(output, cache_dir=str(cache))  # shard files are downloaded, then checked
     assert len(os.listdir(cache)) == 3 * 2 and searcher.search(queries_near(runs["a_emb"], 1), 3).rows[0]
-    _corrupt(str(tmp_path / "index" / "shards" / f"{manifest.shards[0]['name']}.faiss"))
+    damaged = f"{output}/shards/{manifest.shards[0]['name']}.faiss"
+    local_copy = str(tmp_path / "damaged.faiss")
+    with FileSystems.open(damaged) as src, open(local_copy, "wb") as dst:
+        dst.write(src.read())
+    _corrupt(local_copy)
+    gcs_store.upload(local_copy, damaged)
     with pytest.raises(IndexDamaged, match="is damaged"):
         IndexSearcher(output)  # a fresh download of the altered file
     capsys.readouterr()
