@@ -188,7 +188,7 @@ def test_ci_runs_the_suite_on_the_oldest_and_the_newest_python_last_the_oldest(t
     bin_ = tmp_path / "bin"
     assert calls == [
         ["test-airflow", f"PYTHON={bin_}/python3.11"],
-        ["test", f"PYTHON={bin_}/python3.13", "VENV=.venv-3.13", "EXTRAS=dev,gcp"],
+        ["test", f"PYTHON={bin_}/python3.13", "VENV=.venv-3.13", "EXTRAS=dev,gcp,aws"],
         ["test", f"PYTHON={bin_}/python3.11"],
     ]
 
