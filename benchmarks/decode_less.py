@@ -107,7 +107,7 @@ def split_run(model: str, input_glob: str, output_prefix: str, split_sec: float)
     alone = SAMPLE_SEC * sum(1 for _, n in timeline[started:] if n == 1)
     import pyarrow.dataset as ds
 
-    from transforms.tables import read_summary
+    from storage.layout import read_summary
 
     counts = read_summary(output_prefix)["counts"]
     videos = ds.dataset(os.path.join(output_prefix, "videos"), format="parquet").to_table().to_pylist()

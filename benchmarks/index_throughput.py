@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--streaming_rounds", type=int, default=3)
     args = parser.parse_args()
 
-    from pipeline.search import search, table_files
+    from pipeline.search import level_files, search
     from vector_index import library
     from vector_index.searcher import IndexSearcher
 
@@ -55,7 +55,7 @@ def main() -> None:
     found = [{int(r["video_id"][1:]) * 20 + r["clip_index"] for r in rows} for rows in hits.rows]
     recall = float(np.mean([len(f & set(t.tolist())) / K for f, t in zip(found, truth, strict=True)]))
 
-    files = table_files(args.table, "clip")
+    files = level_files(args.table, "clip")
     one, batch, streaming = [], [], []
     library.set_threads(1)
     searcher.search(queries[:2], K)  # warm

@@ -23,7 +23,7 @@ def main() -> None:
     args, rest = parser.parse_known_args()
 
     from pipeline import extract
-    from transforms.tables import read_summary
+    from storage.layout import read_summary
 
     start = time.perf_counter()
     status = extract.main(["--input", args.input, "--output_prefix", args.output_prefix, "--model", args.model, *rest])

@@ -66,9 +66,9 @@ def make_table(directory: str, rows: int, files: int = 20, row_group: int = 16_3
 
 def load_vectors(directory: str, files: int | None = None) -> np.ndarray:
     """The clip embeddings of a benchmark table (of its first `files` files), float32 [N, 512], in file order."""
-    from pipeline.search import table_files
+    from pipeline.search import level_files
 
-    paths = table_files(directory, "clip")[:files]
+    paths = level_files(directory, "clip")[:files]
     parts = [pq.read_table(f, columns=["video_embedding"]).column(0).combine_chunks() for f in paths]
     return np.concatenate([p.values.to_numpy().reshape(len(p), -1) for p in parts])
 
@@ -81,9 +81,9 @@ def main() -> None:
     parser.add_argument("--mode", choices=["streaming", "in_memory"], required=True)
     args = parser.parse_args()
 
-    from pipeline.search import search, table_files
+    from pipeline.search import level_files, search
 
-    files = table_files(args.table, "clip")
+    files = level_files(args.table, "clip")
     # From the first file only, so the streaming run's peak memory stays its own.
     queries = queries_near(load_vectors(args.table, files=1), args.queries)
     result = {"mode": args.mode, "queries": args.queries}

@@ -13,8 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from transforms.layout import summary_path, table_glob
-from transforms.tables import read_summary
+from storage.layout import read_summary, summary_path, table_glob
 
 
 def failure_rate(summary: dict) -> float:

@@ -33,12 +33,12 @@ from pipeline.runner import (
     parse_job_args,
 )
 from s3d.precision import PrecisionPlan
+from storage.layout import table_glob
 from transforms.assemble import AssembleVideos
 from transforms.decode import DecodeClips
 from transforms.incremental import ReadFailuresAsInput, SkipDone, matching_table_files
 from transforms.inference import Embed
 from transforms.inputs import ReadVideoRequests, check_input
-from transforms.layout import table_glob
 from transforms.progress import CountToDo, ProgressLog
 from transforms.split import SplitLongVideos
 from transforms.tables import WriteTables

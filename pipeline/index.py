@@ -27,13 +27,13 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from pipeline.console import configure_logging
 from pipeline.runner import BEAM_EPILOG, check_worker_packaging, create_pipeline, runs_locally
-from pipeline.search import check_complete, features_metadata, split_prefixes, table_files
+from pipeline.search import check_complete, features_metadata, level_files, split_prefixes
 from s3d.architecture import EMBEDDING_DIM
 from s3d.quiet import add_log_level_arguments
+from storage.layout import LEVEL_TABLE, summary_path
 from storage.objects import open_object
 from storage.paths import is_local
 from transforms.index import BuildIndex, ShardSpec, plan_shards
-from transforms.layout import LEVEL_TABLE, summary_path
 from transforms.tables import utc_now
 from vector_index import IndexProblem, Manifest, library, read_manifest
 from vector_index.manifest import QUANTIZATIONS, manifest_path, shard_path
@@ -133,7 +133,7 @@ def plan(opts: IndexOptions, build_id: str) -> Plan:
     runs, messages, metadata = [], [], None
     for prefix in opts.prefixes():
         check_complete(prefix, opts.force)
-        files = table_files(prefix, level)
+        files = level_files(prefix, level)
         meta = features_metadata(files)
         key = (meta.get("model"), meta.get("preprocessing"))
         if metadata is None:

@@ -7,22 +7,21 @@ import sys
 from typing import Any
 
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 
+from storage.layout import table_files
 from storage.objects import open_object
-from transforms.layout import table_glob
 
 
 def failure_reasons(output_prefix: str, top: int = 10) -> list[dict[str, Any]]:
     """Most common (stage, error_type) pairs of the run, with one example message each."""
     counts: collections.Counter = collections.Counter()
     example: dict[tuple[str, str], str] = {}
-    for match in FileSystems.match([table_glob(output_prefix, "failures")])[0].metadata_list:
+    for path in table_files(output_prefix, "failures"):
         # ParquetFile, not pq.read_table: read_table scans a Python file object through Arrow's
         # dataset layer, whose threads may drop the last reference to it while the interpreter
         # exits; that needs the GIL there and aborts the process ("terminate called without an
         # active exception"), after the job has finished. ParquetFile is closed here, now.
-        with open_object(match.path) as f, pq.ParquetFile(f) as parquet:
+        with open_object(path) as f, pq.ParquetFile(f) as parquet:
             table = parquet.read(columns=["stage", "error_type", "message"])
         for stage, error_type, message in zip(*(table.column(c).to_pylist() for c in ("stage", "error_type", "message")), strict=True):
             counts[(stage, error_type)] += 1

@@ -27,12 +27,14 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from pipeline.options import IOOptions, runs_locally
 from pipeline.progress import ProgressDisplay
+from storage.layout import read_summary, summary_path, table_glob
 from storage.paths import is_local
-from transforms.layout import summary_path, table_glob
 from transforms.progress import ProgressLog
-from transforms.tables import read_summary, utc_now, write_summary
+from transforms.tables import utc_now, write_summary
 
 log = logging.getLogger(__name__)
+
+DELETE_BATCH = 1000  # paths per FileSystems.delete call (GCS batches them by 100, S3 by 1000)
 
 
 def package_version() -> str:
@@ -64,15 +66,21 @@ def clear_previous_run(output_prefix: str, tables: tuple[str, ...]) -> int:
     patterns += [table_glob(output_prefix, t) for t in tables]
     paths = {m.path for result in FileSystems.match(patterns) for m in result.metadata_list}
     summary = summary_path(output_prefix)
-    ordered = ([summary] if FileSystems.exists(summary) else []) + sorted(paths, key=len, reverse=True)
     deleted = 0
-    for path in ordered:  # one by one, files before their temp directories
+    if FileSystems.exists(summary):
+        FileSystems.delete([summary])  # first, alone: a half-cleared prefix never looks complete
+        deleted += 1
+    ordered = sorted(paths, key=len, reverse=True)  # files before their temp directories
+    for start in range(0, len(ordered), DELETE_BATCH):  # one call per batch: stores delete them together
+        batch = ordered[start:start + DELETE_BATCH]
         try:
-            FileSystems.delete([path])
-            deleted += 1
-        except BeamIOError:
-            if FileSystems.exists(path):
+            FileSystems.delete(batch)
+            deleted += len(batch)
+        except BeamIOError as e:  # some were gone already (another cleaner, a store's eventual listing)
+            still_there = [p for p in e.exception_details if FileSystems.exists(p)]
+            if still_there:
                 raise
+            deleted += len(batch) - len(e.exception_details)
     if is_local(output_prefix):  # local disk has real directories; object stores do not
         for t in tables:
             for leftover in glob.glob(os.path.join(base, t, "beam-temp-*")):

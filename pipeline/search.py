@@ -26,13 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 from threadpoolctl import threadpool_limits
 
 from s3d.loader import ModelLoadError
 from s3d.quiet import add_log_level_arguments, set_up_console
-from transforms.layout import EMBEDDING, LEVEL_COLUMNS, LEVEL_TABLE, SUMMARY_NAME, table_glob
-from transforms.tables import open_parquet, read_run_metadata, read_summary
+from storage.layout import EMBEDDING, LEVEL_COLUMNS, LEVEL_TABLE, SUMMARY_NAME, read_summary, table_files, table_glob
+from transforms.tables import open_parquet, read_run_metadata
 from vector_index import IndexProblem, read_manifest
 from vector_index.searcher import IndexSearcher
 
@@ -50,8 +49,9 @@ class Queries:
     model: str
 
 
-def table_files(prefix: str, level: str) -> list[str]:
-    files = sorted(m.path for m in FileSystems.match([table_glob(prefix, LEVEL_TABLE[level])])[0].metadata_list)
+def level_files(prefix: str, level: str) -> list[str]:
+    """The files search reads at `level` (clip or video) under a run's prefix; SearchError when there are none."""
+    files = table_files(prefix, LEVEL_TABLE[level])
     if not files:
         raise SearchError(f"no {LEVEL_TABLE[level]} files under --features {prefix!r} ({table_glob(prefix, LEVEL_TABLE[level])})")
     return files
@@ -98,7 +98,7 @@ def embed_queries(texts: Sequence[str], model_handle: str) -> Queries:
 
 
 def texts_queries(prefix: str) -> Queries:
-    files = sorted(m.path for m in FileSystems.match([table_glob(prefix, "texts")])[0].metadata_list)
+    files = table_files(prefix, "texts")
     if not files:
         raise SearchError(f"no texts table under --texts {prefix!r}")
     tables = [open_parquet(f).read() for f in files]
@@ -276,7 +276,7 @@ def _source(args) -> tuple[IndexSearcher | None, str, list[str], dict]:
     level = args.level or "clip"
     for prefix in prefixes:
         check_complete(prefix, args.force)
-    files = [f for prefix in prefixes for f in table_files(prefix, level)]
+    files = [f for prefix in prefixes for f in level_files(prefix, level)]
     return None, level, files, features_metadata(files)
 
 

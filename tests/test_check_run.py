@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pipeline import check_run
-from transforms.layout import summary_path
+from storage.layout import summary_path
 
 
 def _run(prefix, ok: int, failed: int, status: str = "complete") -> str:

@@ -19,9 +19,8 @@ from floats import assert_features_close
 from machine import needs_native_bf16
 
 from pipeline import extract
+from storage.layout import read_summary, table_glob
 from synthetic.videos import write_video
-from transforms.layout import table_glob
-from transforms.tables import read_summary
 
 FAST = ["--size", "64", "--frames_per_clip", "8", "--fps", "5"]
 
@@ -128,8 +127,8 @@ def test_skip_done_uses_only_runs_with_this_model_preprocessing_and_precision(tm
     import pyarrow.parquet as pq
 
     from decoder import DecodeOptions
+    from storage.layout import table_prefix
     from transforms.incremental import matching_table_files
-    from transforms.layout import table_prefix
     from transforms.tables import VIDEOS_SCHEMA, with_run_metadata
 
     this = DecodeOptions(size=64, frames_per_clip=8, fps=5).preprocessing()

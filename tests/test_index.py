@@ -79,7 +79,7 @@ def runs(tmp_path_factory):
 
 
 def exact(prefixes: list[str], queries: np.ndarray, k: int):
-    files = [f for p in prefixes for f in search.table_files(p, "clip")]
+    files = [f for p in prefixes for f in search.level_files(p, "clip")]
     return search.search(files, queries, "clip", k)
 
 

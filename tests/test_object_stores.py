@@ -16,10 +16,9 @@ from floats import assert_features_close
 
 from pipeline import check_run, embed_text, extract, frames, search
 from pipeline import index as index_job
+from storage.layout import read_summary, table_glob
 from storage.objects import open_object
 from synthetic.videos import write_video
-from transforms.layout import table_glob
-from transforms.tables import read_summary
 from vector_index.manifest import read_manifest
 
 FAST = ["--size", "64", "--frames_per_clip", "8", "--fps", "5", "--stride", "8"]

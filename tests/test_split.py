@@ -21,8 +21,8 @@ from floats import assert_features_close
 from decoder import ClipReader, DecodeOptions, errors
 from decoder.split import Extent, plan_parts, read_extent
 from pipeline import extract
+from storage.layout import read_summary
 from synthetic.videos import decode_index, write_video
-from transforms.tables import read_summary
 
 FAST = ["--size", "64", "--frames_per_clip", "8", "--fps", "5"]
 

@@ -13,11 +13,10 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from storage.layout import table_files, table_glob
 from storage.objects import open_object
-from transforms.layout import table_glob
 from transforms.records import NAMESPACE
 from transforms.tables import read_run_metadata
 
@@ -41,19 +40,23 @@ def run_identity(metadata: dict[str, Any]) -> dict[str, Any]:
 def matching_table_files(prefixes: Sequence[str], table: str, metadata: dict[str, Any]) -> list[str]:
     """Files of `table` under the prefixes made with this run's model, preprocessing and precision.
 
-    Others are logged and left out (their videos are done again).
+    Every file of a run carries the same run metadata, so one footer is read per prefix, not one per
+    file: a launch over many earlier runs of many shards costs a listing and a read per run. Others
+    are logged and left out (their videos are done again).
     """
     wanted = run_identity(metadata)
     files = []
     for prefix in prefixes:
-        for match in FileSystems.match([table_glob(prefix, table)])[0].metadata_list:
-            found = run_identity(_file_metadata(match.path))
-            if found == wanted:
-                files.append(match.path)
-            else:
-                differ = {k: (found[k], wanted[k]) for k in wanted if found[k] != wanted[k]}
-                log.warning("%s was made with another %s (%s): its videos are not skipped", match.path,
-                            " and ".join(differ), "; ".join(f"{k} {a!r}, this run's {b!r}" for k, (a, b) in differ.items()))
+        paths = table_files(prefix, table)
+        if not paths:
+            continue
+        found = run_identity(_file_metadata(paths[0]))
+        if found == wanted:
+            files.extend(paths)
+        else:
+            differ = {k: (found[k], wanted[k]) for k in wanted if found[k] != wanted[k]}
+            log.warning("%s was made with another %s (%s): its videos are not skipped", prefix,
+                        " and ".join(differ), "; ".join(f"{k} {a!r}, this run's {b!r}" for k, (a, b) in differ.items()))
     return files
 
 

@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from storage.layout import EMBEDDING, LEVEL_COLUMNS
 from storage.paths import is_local, local_path
-from transforms.layout import EMBEDDING, LEVEL_COLUMNS
 from transforms.records import NAMESPACE
 from transforms.tables import open_parquet
 from vector_index import library

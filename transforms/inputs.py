@@ -40,7 +40,7 @@ def check_input(spec: str, column: str = "uri") -> None:
     Raises:
         ValueError: naming --input and what is wrong.
     """
-    matches = FileSystems.match([spec])[0].metadata_list
+    matches = FileSystems.match([spec], limits=[1])[0].metadata_list  # one is enough: the listing stops there
     if not matches:
         raise ValueError(f"--input {spec!r} matches no files")
     kind = input_kind(spec)

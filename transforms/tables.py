@@ -18,10 +18,9 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from s3d.architecture import EMBEDDING_DIM, MIXED_5C_DIM
+from storage.layout import summary_path, table_files, table_glob, table_prefix
 from storage.objects import open_object
 from storage.paths import is_local, local_path
-from transforms import layout
-from transforms.layout import summary_path, table_glob, table_prefix
 from transforms.records import NAMESPACE
 
 METADATA_KEY = b"s3d.run"
@@ -138,17 +137,24 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
+def count_rows(paths: list[str]) -> int:
+    """Rows in these Parquet files, from their footers, read side by side (each is a round trip on a store)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def rows(path: str) -> int:
+        with open_object(path) as f:
+            return pq.read_metadata(f).num_rows
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return sum(pool.map(rows, paths))
+
+
 def write_summary(output_prefix: str, summary: dict[str, Any]) -> str:
     """Writes the run summary (PREFIX/run_summary.json) on any Beam filesystem; returns its path."""
     path = summary_path(output_prefix)
     with FileSystems.create(path, mime_type="application/json") as f:
         f.write(json.dumps(summary, indent=2, sort_keys=True, default=str).encode("utf-8"))
     return path
-
-
-def read_summary(output_prefix: str) -> dict[str, Any] | None:
-    """The run summary under a prefix on any Beam filesystem, or None when the run has not completed."""
-    return layout.read_summary(output_prefix, opener=open_object)
 
 
 class CountRows(beam.PTransform):
@@ -201,12 +207,10 @@ class WriteTables(beam.PTransform):
         )
 
     def _write_summary(self, entries: list[tuple[str, str]], tables: list[str]) -> str:
-        import pyarrow.parquet as pq
-
-        rows = dict.fromkeys(tables, 0)
-        for table, path in entries:
-            with open_object(path) as f:
-                rows[table] += pq.read_metadata(f).num_rows
+        # `entries` only says the sinks have finalized. The rows come from a listing of the final
+        # tables: a retried finalize skips the shards it already renamed and emits fewer names.
+        del entries
+        rows = {table: count_rows(table_files(self._prefix, table)) for table in tables}
         return write_summary(self._prefix, {
             **self._metadata,
             "status": "complete",

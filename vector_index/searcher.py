@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from storage.layout import LEVEL_COLUMNS
 from storage.objects import open_object
 from storage.paths import is_local, local_path
-from transforms.layout import LEVEL_COLUMNS
 from vector_index import library
 from vector_index.manifest import IndexDamaged, IndexProblem, Manifest, file_digest, read_manifest, shard_path
 

@@ -1,16 +1,15 @@
 """Where a run's output lives, in one place, without Beam: PREFIX/TABLE/TABLE-SSSSS-of-NNNNN.parquet
 and PREFIX/run_summary.json (written last: its presence marks a complete run).
 
-The jobs, search, incremental runs and the Airflow DAG's check all derive paths here.
-Reading a remote summary takes an opener (the Beam layer passes Beam's FileSystems).
+The jobs, search, incremental runs, the index and the Airflow DAG's check all derive paths here.
+Path arithmetic needs nothing; reading a remote summary or listing a table uses Beam's filesystems.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 from storage.paths import is_local, local_path
 
@@ -38,11 +37,11 @@ def summary_path(output_prefix: str) -> str:
     return f"{output_prefix.rstrip('/')}/{SUMMARY_NAME}"
 
 
-def read_summary(output_prefix: str, opener: Callable[[str], IO[bytes]] | None = None) -> dict[str, Any] | None:
-    """The run summary under a prefix, or None when the run has not completed.
+def read_summary(output_prefix: str) -> dict[str, Any] | None:
+    """The run summary under a prefix on any filesystem, or None when the run has not completed.
 
-    Local paths are read directly; a remote prefix needs `opener` (it raises FileNotFoundError
-    for a missing object).
+    Local paths are read directly (no Beam); a remote one through storage.objects, where a missing
+    object is FileNotFoundError on every store.
     """
     path = summary_path(output_prefix)
     if is_local(path):
@@ -51,10 +50,18 @@ def read_summary(output_prefix: str, opener: Callable[[str], IO[bytes]] | None =
             return None
         with open(local, "rb") as f:
             return json.loads(f.read().decode("utf-8"))
-    if opener is None:
-        raise ValueError(f"reading {path} needs an opener for its filesystem")
+    from storage.objects import open_object
+
     try:
-        with opener(path) as f:
+        with open_object(path) as f:
             return json.loads(f.read().decode("utf-8"))
     except FileNotFoundError:
         return None
+
+
+def table_files(output_prefix: str, table: str, limit: int | None = None) -> list[str]:
+    """The final files of a table, sorted, from a listing of the store (never temp files: they live apart)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    result = FileSystems.match([table_glob(output_prefix, table)], limits=[limit] if limit else None)[0]
+    return sorted(m.path for m in result.metadata_list)
