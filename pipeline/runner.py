@@ -25,7 +25,7 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
-from pipeline.options import IOOptions, runs_locally
+from pipeline.options import IOOptions, ModelOptions, runs_locally
 from pipeline.progress import ProgressDisplay
 from storage.layout import read_summary, summary_path, table_glob
 from storage.paths import is_local
@@ -157,7 +157,18 @@ def check_worker_packaging(options: PipelineOptions) -> None:
     from apache_beam.options.pipeline_options import SetupOptions, WorkerOptions
 
     setup = options.view_as(SetupOptions)
-    if setup.setup_file or setup.extra_packages or options.view_as(WorkerOptions).sdk_container_image:
+    image = options.view_as(WorkerOptions).sdk_container_image
+    gpus = options.view_as(ModelOptions).gpu_count()
+    if gpus and not image:
+        # The stock Beam image installs setup.py's `tensorflow`, which on Linux carries no CUDA
+        # libraries: the job would pay for idle GPUs, with a warning per worker.
+        raise ValueError(
+            f"GPUs are asked for ({gpus} per worker) but no worker image is given: Beam's stock image with "
+            "--setup_file has no CUDA libraries, so TensorFlow would run on the CPU while the GPUs idle. Build "
+            "deploy/dataflow/Dockerfile (TensorFlow with CUDA) and pass --sdk_container_image IMAGE "
+            "--sdk_location container"
+        )
+    if setup.setup_file or setup.extra_packages or image:
         return
     raise ValueError(
         "remote workers need this package: pass --setup_file ./setup.py (workers install it at start-up) or "

@@ -134,14 +134,15 @@ class S3DModel:
             raise ValueError(
                 f"S3D needs an even, non-zero number of frames, height and width; got T, H, W = {frames.shape[1:4]}"
             )
-        if frames.dtype == np.uint8:
-            # Clips travel as uint8 (4x smaller); they become float32 here, at the model.
-            images = tf.cast(tf.convert_to_tensor(frames), tf.float32) / 255.0
-        elif np.issubdtype(frames.dtype, np.floating):
-            images = tf.convert_to_tensor(frames, tf.float32)
-        else:
+        if frames.dtype != np.uint8 and not np.issubdtype(frames.dtype, np.floating):
             raise ValueError(f"frames must be uint8 or float, got dtype {frames.dtype}")
+        # Inside this copy's placement: the copy on GPU 1 must not cast its clips on GPU 0.
         with self._placement():
+            if frames.dtype == np.uint8:
+                # Clips travel as uint8 (4x smaller); they become float32 here, at the model.
+                images = tf.cast(tf.convert_to_tensor(frames), tf.float32) / 255.0
+            else:
+                images = tf.convert_to_tensor(frames, tf.float32)
             out = self._video(images=images)
         return out["mixed_5c"].numpy(), out["video_embedding"].numpy()
 

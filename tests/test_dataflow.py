@@ -132,7 +132,6 @@ def test_flex_template_metadata_covers_every_option():
     names = {p["name"] for p in committed["parameters"]}
     parser_dests = {a.dest for a in make_metadata.extract_parser()._actions if a.option_strings}
     assert names == parser_dests and {"input", "output_prefix", "model", "fps", "inference_accelerator"} <= names
-    import re
 
     defaults = {a.dest: a.default for a in make_metadata.extract_parser()._actions if a.option_strings}
     for p in committed["parameters"]:
@@ -140,7 +139,35 @@ def test_flex_template_metadata_covers_every_option():
         default = defaults[p["name"]]
         if default is not None:
             text = str(default).lower() if isinstance(default, bool) else f"{default:g}" if isinstance(default, float) else str(default)
-            assert re.match(p["regexes"][0], text), (p["name"], text)
+            assert _egrep(p["regexes"][0], [text]) == [text], (p["name"], text)
+
+
+def _egrep(regex: str, lines: list[str]) -> list[str]:
+    """The lines POSIX egrep matches whole (POSIXLY_CORRECT grep -Ex): how Flex Templates check a parameter."""
+    env = {**os.environ, "POSIXLY_CORRECT": "1", "LC_ALL": "C"}
+    run = subprocess.run(["grep", "-Ex", "-e", regex], input="".join(f"{line}\n" for line in lines),
+                         capture_output=True, text=True, env=env, check=False)
+    assert run.returncode in (0, 1), run.stderr  # 2: grep could not read the regex
+    return run.stdout.splitlines()
+
+
+def test_flex_template_regexes_are_posix_egrep():
+    """Flex Templates check parameters with POSIX egrep regexes ("Create a Flex Template: metadata"): Perl
+    classes (\\S, \\d, \\w) are not POSIX, and POSIXLY_CORRECT grep -E is the referee."""
+    import re
+
+    with open(os.path.join(ROOT, "deploy", "dataflow", "metadata.json")) as f:
+        parameters = json.load(f)["parameters"]
+    examples = {"^(true|false)$": ("true", "yes"), "^[0-9]+$": ("12", "1.5"), "^[0-9]+(\\.[0-9]+)?$": ("2.5", "2,5"),
+                "^[^[:space:]]+$": ("gs://b/videos/*.mp4", "gs://b/my videos")}
+    seen = set()
+    for p in parameters:
+        for regex in p["regexes"]:
+            assert not re.search(r"\\[SsDdWwbB]", regex), (p["name"], regex)  # Perl shorthands
+            seen.add(regex)
+    assert set(examples) <= seen
+    for regex, (good, bad) in examples.items():
+        assert _egrep(regex, [good, bad]) == [good], regex
 
 
 # Steps that do not merge the stages on their two sides: a GroupByKey (inside Reshuffle too)
@@ -214,6 +241,17 @@ def test_a_dataflow_job_without_setup_file_or_worker_image_is_refused(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 2
     assert "--setup_file" in proc.stderr and "--sdk_container_image" in proc.stderr
+
+
+@pytest.mark.parametrize("gpus", [["--inference_accelerator", ACCELERATOR],
+                                  ["--dataflow_service_options", f"worker_accelerator={ACCELERATOR}"]])
+def test_gpus_with_only_a_setup_file_are_refused_naming_the_worker_image(gpus, tmp_path):
+    from pipeline.runner import check_worker_packaging
+
+    with pytest.raises(ValueError, match="deploy/dataflow/Dockerfile.*--sdk_container_image"):
+        check_worker_packaging(PipelineOptions(dataflow_args(tmp_path, "--setup_file", "./setup.py", *gpus)))
+    check_worker_packaging(PipelineOptions(dataflow_args(tmp_path, *gpus, "--sdk_container_image", "img:gpu")))
+    check_worker_packaging(PipelineOptions(dataflow_args(tmp_path, "--setup_file", "./setup.py")))  # CPU: fine
 
 
 def test_a_template_launch_with_no_job_counts_as_submitted(tmp_path, monkeypatch):

@@ -89,6 +89,11 @@ def _imports(python: str, module: str) -> bool:
     return subprocess.run([python, "-c", f"import {module}"], capture_output=True, timeout=120).returncode == 0
 
 
+def test_gpu_image_finds_the_driver_libraries_dataflow_mounts():
+    env = [args for kw, args in _instructions(_read("Dockerfile")) if kw == "ENV" and "LD_LIBRARY_PATH" in args]
+    assert len(env) == 1 and "/usr/local/nvidia/lib64" in env[0].split("=", 1)[1].split(":"), env
+
+
 def test_boot_venv_sees_the_system_interpreter_but_not_a_venv(tmp_path):
     # The old image: packages in a venv (like /opt/venv) whose python the boot program used;
     # the suite's own environment is such a venv (make test).

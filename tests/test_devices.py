@@ -69,12 +69,18 @@ def test_two_copies_load_onto_their_own_device(standin_dir, tmp_path):
         print(sorted({{v.device for v in a._video.variables}}), sorted({{v.device for v in b._video.variables}}))
         clip = np.random.default_rng(0).integers(0, 255, (1, 16, 112, 112, 3), dtype=np.uint8)
         print(np.allclose(a.embed_video(clip)[1], b.embed_video(clip)[1], atol=1e-5))
+        from tensorflow.python.eager import context
+        cast_devices, real_cast = [], tf.cast
+        tf.cast = lambda x, dtype, name=None: cast_devices.append(context.context().device_name) or real_cast(x, dtype)
+        b.embed_video(clip)  # the uint8 -> float32 cast runs inside the copy's placement too
+        print(cast_devices)
     """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    devices, placements, same = proc.stdout.strip().splitlines()[-3:]
+    devices, placements, same, casts = proc.stdout.strip().splitlines()[-4:]
     assert devices.split() == ["/device:CPU:0", "/device:CPU:1"]
     a_places, b_places = placements.split("] [")
     assert "CPU:0" in a_places and "CPU:1" not in a_places
     assert "CPU:1" in b_places and "CPU:0" not in b_places
     assert same == "True"
+    assert "CPU:1" in casts and "CPU:0" not in casts, casts

@@ -16,7 +16,7 @@ import sys
 REQUIRED = {"output_prefix"}
 NUMBER = r"^[0-9]+(\.[0-9]+)?$"
 INTEGER = r"^[0-9]+$"
-PATH = r"^\S+$"
+PATH = r"^[^[:space:]]+$"  # POSIX ERE, as Flex Templates read regexes: no \S
 BOOLEAN = r"^(true|false)$"
 
 
