@@ -40,6 +40,7 @@ from transforms.incremental import ReadFailuresAsInput, SkipDone, matching_table
 from transforms.inference import Embed
 from transforms.inputs import ReadVideoRequests, check_input
 from transforms.progress import CountToDo, ProgressLog
+from transforms.records import python_version
 from transforms.split import SplitLongVideos
 from transforms.tables import WriteTables
 
@@ -55,6 +56,7 @@ def run_metadata(decode: DecodeOptions, model: ModelOptions, plan: PrecisionPlan
         "model": model.model,
         "preprocessing": decode.preprocessing(),
         **plan_metadata(plan),
+        "python": python_version(),  # the launcher's: workers must run the same (transforms.records)
         "package_version": package_version(),
     }
 

@@ -372,3 +372,16 @@ def test_the_index_job_builds_as_a_dataflow_job(tmp_path, monkeypatch):
               for dep in env.dependencies]
     assert any("workflow.tar.gz" in s for s in staged)
     assert result.job.options.view_as(IndexOptions).features == "gs://bucket/features/run1"
+
+
+def test_a_worker_on_another_python_than_the_launcher_fails_naming_both(standin_dir, monkeypatch):
+    """cloudpickle ships bytecode: a worker image on another Python minor version must fail at once, and say so."""
+    from decoder import DecodeOptions
+    from transforms.decode import DecodeClipsFn
+    from transforms.inference import S3DModelHandler
+
+    handler, decode = S3DModelHandler(standin_dir), DecodeClipsFn(DecodeOptions())
+    monkeypatch.setattr(sys, "version_info", (3, 99, 0, "final", 0))  # the worker's interpreter
+    for setup in (handler.load_model, decode.setup):
+        with pytest.raises(RuntimeError, match=r"worker runs Python 3\.99 but the job was launched with Python 3\.1"):
+            setup()

@@ -18,7 +18,16 @@ from apache_beam.metrics import Metrics
 from decoder import ClipReader, DecodeOptions, VideoError, prefetch
 from storage.objects import open_object
 from transforms.progress import ProgressLog
-from transforms.records import FAILURES, NAMESPACE, ClipItem, VideoRequest, failure_row, video_row
+from transforms.records import (
+    FAILURES,
+    NAMESPACE,
+    ClipItem,
+    VideoRequest,
+    check_worker_python,
+    failure_row,
+    python_version,
+    video_row,
+)
 from transforms.split import INFO, PARTS, JoinParts, part_of, part_record
 
 _PROGRESS_EVERY_SEC = 30.0
@@ -41,8 +50,10 @@ class DecodeClipsFn(beam.DoFn):
         self._prefetch = prefetch
         self._io_retries = io_retries
         self._backoff_sec = backoff_sec
+        self._launcher_python = python_version()
 
     def setup(self):
+        check_worker_python(self._launcher_python)
         self._videos_ok = Metrics.counter(NAMESPACE, "videos_decoded")
         self._clips = Metrics.counter(NAMESPACE, "clips_decoded")
         self._frames = Metrics.counter(NAMESPACE, "frames_decoded")

@@ -21,7 +21,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from s3d.loader import ModelLoadError, load_s3d  # TensorFlow itself is imported at load, on the worker
 from s3d.precision import check_precision
 from transforms.progress import ProgressLog
-from transforms.records import NAMESPACE, ClipItem, TextItem
+from transforms.records import NAMESPACE, ClipItem, TextItem, check_worker_python, python_version
 
 Task = Literal["video", "text"]
 
@@ -76,8 +76,10 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
         self._progress = progress or ProgressLog()
         self._expect_gpus = expect_gpus
         self._precision = precision
+        self._launcher_python = python_version()
 
     def load_model(self):
+        check_worker_python(self._launcher_python)
         # The text tower is float32 at every precision: a text job does not lower the video tower.
         model = load_s3d(self._handle, precision=self._precision if self._task == "video" else "float32")
         if self._task == "video" and model.precision != self._precision:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sys
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -18,6 +19,25 @@ from decoder import Clip, VideoInfo
 
 FAILURES = "failures"  # the failure output of every step that can fail
 NAMESPACE = "s3d"  # the job's Beam metrics (counters in the Dataflow UI's Job metrics)
+
+
+def python_version() -> str:
+    return f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def check_worker_python(launcher: str) -> None:
+    """Fails a worker whose Python is not the launcher's, naming both.
+
+    cloudpickle ships the job's functions as bytecode, which one Python minor version cannot run
+    for another: without this the worker fails later, deep in unpickling, with no word of versions.
+    Steps built at launch carry `launcher` (python_version() there) and call this in setup().
+    """
+    here = python_version()
+    if here != launcher:
+        raise RuntimeError(
+            f"this worker runs Python {here} but the job was launched with Python {launcher}: build the "
+            f"worker image for the launcher's version (docker build --build-arg PYTHON_VERSION={launcher} ...) "
+            f"or launch with Python {here}")
 
 
 class VideoRequest(NamedTuple):
