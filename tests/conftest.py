@@ -24,13 +24,35 @@ def newcomer_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in NEWCOMER_ENV_DROPS}
 
 
-@pytest.fixture(scope="session")
-def standin_dir(tmp_path_factory) -> str:
+def export_once(tmp_path_factory, name: str, seed: int) -> str:
+    """The stand-in of `seed`, exported once per test run and shared by pytest-xdist's workers.
+
+    The workers' temp directories share a parent; the first worker to take the lock exports
+    (about 15 s of a core), the others wait and reuse the files. No test writes into it.
+    """
+    import fcntl
+    import shutil
+
     from s3d.export import export_standin
 
-    path = str(tmp_path_factory.mktemp("models") / "standin")
-    export_standin(path, seed=0)
-    return path
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    path = root / "shared_models" / name
+    path.parent.mkdir(exist_ok=True)
+    with open(root / "shared_models" / f"{name}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            partial = path.with_name(f"{name}.partial")
+            shutil.rmtree(partial, ignore_errors=True)  # left by a worker killed mid-export
+            export_standin(str(partial), seed=seed)
+            os.rename(partial, path)  # whole or absent: a worker killed mid-export leaves no half model
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def standin_dir(tmp_path_factory) -> str:
+    return export_once(tmp_path_factory, "standin", seed=0)
 
 
 @pytest.fixture(scope="session")
@@ -43,11 +65,7 @@ def standin_model(standin_dir):
 @pytest.fixture(scope="session")
 def other_standin_dir(tmp_path_factory) -> str:
     """A second stand-in (seed 1): a model whose features must not be mixed with the first's."""
-    from s3d.export import export_standin
-
-    path = str(tmp_path_factory.mktemp("models") / "other")
-    export_standin(path, seed=1)
-    return path
+    return export_once(tmp_path_factory, "other", seed=1)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,8 +1,10 @@
-"""The production path on real object stores: every flow of the project on a GCS emulator and an S3 server.
+"""The production path on real object stores: every flow of the project, run by test_gcs_flows.py on a GCS
+emulator and by test_s3_flows.py on an S3 server (two files, so pytest-xdist runs them side by side).
 
 The stores run on 127.0.0.1 (tests/object_stores.py) and are reached through Beam's own GCS and
 S3 filesystems, as a Dataflow job reaches gs://. Each flow's rows are compared with the same
 flow on local files: the same ids, clips and metadata, features equal within float32 rounding.
+A test file imports these tests and defines the module's `store` fixture.
 """
 
 from __future__ import annotations
@@ -24,11 +26,6 @@ from vector_index.manifest import read_manifest
 FAST = ["--size", "64", "--frames_per_clip", "8", "--fps", "5", "--stride", "8"]
 SPLIT = ["--split_sec", "6"]  # the 16 s video is cut into parts that decode side by side
 FEATURES = ("mixed_5c", "video_embedding")
-
-
-@pytest.fixture(scope="module", params=["gcs", "s3"])
-def store(request):
-    return request.getfixturevalue(f"{request.param}_store")
 
 
 @pytest.fixture(scope="module")
