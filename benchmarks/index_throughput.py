@@ -34,7 +34,8 @@ def main() -> None:
     parser.add_argument("--streaming_rounds", type=int, default=3)
     args = parser.parse_args()
 
-    from pipeline.search import level_files, search
+    from pipeline.search import search
+    from storage.runs import level_files
     from vector_index import library
     from vector_index.searcher import IndexSearcher
 

@@ -66,7 +66,7 @@ def make_table(directory: str, rows: int, files: int = 20, row_group: int = 16_3
 
 def load_vectors(directory: str, files: int | None = None) -> np.ndarray:
     """The clip embeddings of a benchmark table (of its first `files` files), float32 [N, 512], in file order."""
-    from pipeline.search import level_files
+    from storage.runs import level_files
 
     paths = level_files(directory, "clip")[:files]
     parts = [pq.read_table(f, columns=["video_embedding"]).column(0).combine_chunks() for f in paths]
@@ -81,7 +81,8 @@ def main() -> None:
     parser.add_argument("--mode", choices=["streaming", "in_memory"], required=True)
     args = parser.parse_args()
 
-    from pipeline.search import level_files, search
+    from pipeline.search import search
+    from storage.runs import level_files
 
     files = level_files(args.table, "clip")
     # From the first file only, so the streaming run's peak memory stays its own.

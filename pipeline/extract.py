@@ -34,6 +34,7 @@ from pipeline.runner import (
 )
 from s3d.precision import PrecisionPlan
 from storage.layout import table_glob
+from storage.runs import split_list
 from transforms.assemble import AssembleVideos
 from transforms.decode import DecodeClips
 from transforms.incremental import ReadFailuresAsInput, SkipDone, matching_table_files
@@ -76,9 +77,9 @@ def build_pipeline(
     handler = model.handler("video", progress, plan)
     retry = None
     if opts.retry_failures:
-        retry = ReadFailuresAsInput(opts.retry_failures, opts.split(opts.retry_stages), opts.split(opts.retry_errors))
+        retry = ReadFailuresAsInput(opts.retry_failures, split_list(opts.retry_stages), split_list(opts.retry_errors))
     inputs = p | "ReadInput" >> ReadVideoRequests(None if retry else io.input, retry=retry)
-    done_files = matching_table_files(opts.split(opts.skip_done), "videos", metadata)
+    done_files = matching_table_files(split_list(opts.skip_done), "videos", metadata)
     todo = inputs["requests"] | "SkipDone" >> SkipDone(done_files)
     _ = todo | "CountToDo" >> CountToDo(progress)
     decoded = (

@@ -27,12 +27,12 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from pipeline.console import configure_logging
 from pipeline.runner import BEAM_EPILOG, check_worker_packaging, create_pipeline, runs_locally
-from pipeline.search import check_complete, features_metadata, level_files, split_prefixes
 from s3d.architecture import EMBEDDING_DIM
 from s3d.quiet import add_log_level_arguments
 from storage.layout import LEVEL_TABLE, summary_path
 from storage.objects import open_object
 from storage.paths import is_local
+from storage.runs import check_complete, comparable, differences, level_files, shared_metadata, split_prefixes
 from transforms.index import BuildIndex, ShardSpec, plan_shards
 from transforms.tables import utc_now
 from vector_index import IndexProblem, Manifest, library, read_manifest
@@ -134,16 +134,15 @@ def plan(opts: IndexOptions, build_id: str) -> Plan:
     for prefix in opts.prefixes():
         check_complete(prefix, opts.force)
         files = level_files(prefix, level)
-        meta = features_metadata(files)
-        key = (meta.get("model"), meta.get("preprocessing"))
+        meta = shared_metadata(files)
         if metadata is None:
-            metadata = (prefix, key)
-        elif key != metadata[1]:
-            raise IndexProblem(f"--features {prefix!r} was made with model {key[0]!r} / preprocessing {key[1]}, "
-                               f"{metadata[0]!r} with {metadata[1][0]!r} / {metadata[1][1]}: one index holds "
+            metadata = (prefix, meta)
+        elif comparable(meta) != comparable(metadata[1]):
+            raise IndexProblem(f"--features {prefix!r} and {metadata[0]!r} were made differently "
+                               f"({differences(comparable(meta), comparable(metadata[1]))}): one index holds "
                                "embeddings of one model and preprocessing")
         runs.append((prefix, files, summary_digest(prefix)))
-    base = base_manifest(opts, existing, *metadata[1])
+    base = base_manifest(opts, existing, metadata[1].get("model"), metadata[1].get("preprocessing"))
     new_runs, specs, replaced = [], [], []
     for prefix, files, digest in runs:
         held = base.run_for(prefix)

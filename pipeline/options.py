@@ -295,10 +295,6 @@ class ExtractOptions(PipelineOptions):
         group.add_argument("--io_retry_backoff_sec", type=float, default=1.0,
                            help="first backoff of those retries, doubled each time (default: 1.0)")
 
-    @staticmethod
-    def split(value: str | None) -> list[str]:
-        return [v.strip() for v in (value or "").split(",") if v.strip()]
-
     def validate_extract(self) -> None:
         if self.io_retries is None or self.io_retries < 0:
             raise ValueError(f"--io_retries must be >= 0, got {self.io_retries}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -30,8 +29,9 @@ from threadpoolctl import threadpool_limits
 
 from s3d.loader import ModelLoadError
 from s3d.quiet import add_log_level_arguments, set_up_console
-from storage.layout import EMBEDDING, LEVEL_COLUMNS, LEVEL_TABLE, SUMMARY_NAME, read_summary, table_files, table_glob
-from transforms.tables import open_parquet, read_run_metadata
+from storage.layout import EMBEDDING, LEVEL_COLUMNS, LEVEL_TABLE, table_files
+from storage.runs import RunError, check_complete, level_files, read_run_metadata, shared_metadata, split_prefixes
+from transforms.tables import open_parquet
 from vector_index import IndexProblem, read_manifest
 from vector_index.searcher import IndexSearcher
 
@@ -47,38 +47,6 @@ class Queries:
     embeddings: np.ndarray  # float32 [Q, 512]
     known_words: list[int | None]
     model: str
-
-
-def level_files(prefix: str, level: str) -> list[str]:
-    """The files search reads at `level` (clip or video) under a run's prefix; SearchError when there are none."""
-    files = table_files(prefix, LEVEL_TABLE[level])
-    if not files:
-        raise SearchError(f"no {LEVEL_TABLE[level]} files under --features {prefix!r} ({table_glob(prefix, LEVEL_TABLE[level])})")
-    return files
-
-
-def features_metadata(files: Sequence[str]) -> dict:
-    """The run metadata all files share; refuses files from different models or preprocessing."""
-    first = None
-    for path in files:
-        meta = read_run_metadata(open_parquet(path).schema_arrow)
-        key = (meta.get("model"), json.dumps(meta.get("preprocessing"), sort_keys=True))
-        if first is None:
-            first = (path, key, meta)
-        elif key != first[1]:
-            raise SearchError(
-                f"{path} was made with model {key[0]!r} / preprocessing {key[1]}, but {first[0]} with "
-                f"{first[1][0]!r} / {first[1][1]}: search one run (or runs made alike) at a time"
-            )
-    return first[2]
-
-
-def check_complete(prefix: str, force: bool) -> None:
-    if read_summary(prefix) is None and not force:
-        raise SearchError(
-            f"--features {prefix!r} has no {SUMMARY_NAME}: that run did not complete (or is still running), so its "
-            "tables may be partial. Re-run it, or pass --force to search what is there."
-        )
 
 
 def embed_queries(texts: Sequence[str], model_handle: str) -> Queries:
@@ -277,7 +245,7 @@ def _source(args) -> tuple[IndexSearcher | None, str, list[str], dict]:
     for prefix in prefixes:
         check_complete(prefix, args.force)
     files = [f for prefix in prefixes for f in level_files(prefix, level)]
-    return None, level, files, features_metadata(files)
+    return None, level, files, shared_metadata(files)
 
 
 def _queries(args, made_with: str | None) -> Queries:
@@ -310,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = ranking_rows(queries, top, level)
         if args.output:
             write_ranking(rows, args.output)
-    except (SearchError, IndexProblem, ModelLoadError, OSError) as e:
+    except (SearchError, RunError, IndexProblem, ModelLoadError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
@@ -323,14 +291,6 @@ def main(argv: list[str] | None = None) -> int:
         write_html(args.html, rows, level, meta)
         print(f"\nwrote {args.html}", file=sys.stderr)
     return 0
-
-
-def split_prefixes(features: str) -> list[str]:
-    """Comma-separated run prefixes, once each, in order (trailing slashes dropped)."""
-    prefixes = list(dict.fromkeys(p.strip().rstrip("/") for p in features.split(",") if p.strip()))
-    if not prefixes:
-        raise SearchError(f"--features {features!r} names no run")
-    return prefixes
 
 
 def _open_index(args) -> tuple[IndexSearcher, str, dict]:

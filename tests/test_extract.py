@@ -16,9 +16,10 @@ from floats import assert_features_close
 from decoder import ClipReader, DecodeOptions
 from pipeline import extract
 from storage.layout import read_summary
+from storage.runs import METADATA_KEY
 from synthetic.videos import write_audio_only, write_video
 from transforms.records import derive_video_id
-from transforms.tables import CLIPS_SCHEMA, FAILURES_SCHEMA, METADATA_KEY, VIDEOS_SCHEMA
+from transforms.tables import CLIPS_SCHEMA, FAILURES_SCHEMA, VIDEOS_SCHEMA
 
 FAST = ["--size", "64", "--frames_per_clip", "8", "--fps", "5"]
 DECODE = DecodeOptions(size=64, frames_per_clip=8, fps=5)

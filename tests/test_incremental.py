@@ -65,7 +65,7 @@ def _file_precisions(prefix: str) -> set[tuple[str, str]]:
     """(precision, precision_requested) of every file of the run's tables."""
     import pyarrow.parquet as pq
 
-    from transforms.tables import METADATA_KEY
+    from storage.runs import METADATA_KEY
 
     found = set()
     for table in ("clips", "videos", "failures"):

@@ -17,6 +17,7 @@ import pytest
 
 from pipeline import index as index_job
 from pipeline import search
+from storage.runs import level_files
 from synthetic.embeddings import clip_embeddings, queries_near, topics
 from transforms.tables import CLIPS_SCHEMA, TEXTS_SCHEMA, with_run_metadata, write_summary
 from vector_index import IndexDamaged, read_manifest
@@ -79,7 +80,7 @@ def runs(tmp_path_factory):
 
 
 def exact(prefixes: list[str], queries: np.ndarray, k: int):
-    files = [f for p in prefixes for f in search.level_files(p, "clip")]
+    files = [f for p in prefixes for f in level_files(p, "clip")]
     return search.search(files, queries, "clip", k)
 
 

@@ -16,8 +16,9 @@ import pytest
 
 from pipeline import embed_text, extract, search
 from storage.layout import read_summary
+from storage.runs import METADATA_KEY, RunError, level_files, shared_metadata
 from synthetic.videos import write_video
-from transforms.tables import CLIPS_SCHEMA, METADATA_KEY, with_run_metadata, write_summary
+from transforms.tables import CLIPS_SCHEMA, with_run_metadata, write_summary
 
 FAST = ["--size", "64", "--frames_per_clip", "8", "--fps", "5"]
 
@@ -55,7 +56,7 @@ def random_features(tmp_path_factory):
 
 def test_streaming_ranking_equals_brute_force(random_features):
     queries = np.random.default_rng(8).normal(size=(4, 512)).astype(np.float32)
-    files = search.level_files(random_features["many"], "clip")
+    files = level_files(random_features["many"], "clip")
     assert len(files) == 9
     top = search.search(files, queries, "clip", k=15, threads=3)
     expected = brute_force(random_features["embeddings"], queries, 15)
@@ -68,8 +69,8 @@ def test_streaming_ranking_equals_brute_force(random_features):
 
 def test_many_small_files_give_the_same_top_k_as_one_big_file(random_features):
     queries = np.random.default_rng(9).normal(size=(2, 512)).astype(np.float32)
-    a = search.search(search.level_files(random_features["many"], "clip"), queries, "clip", k=20, threads=4)
-    b = search.search(search.level_files(random_features["one"], "clip"), queries, "clip", k=20, threads=1)
+    a = search.search(level_files(random_features["many"], "clip"), queries, "clip", k=20, threads=4)
+    b = search.search(level_files(random_features["one"], "clip"), queries, "clip", k=20, threads=1)
     assert a.rows == b.rows and len(a.rows[0]) == 20
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
 
@@ -77,7 +78,7 @@ def test_many_small_files_give_the_same_top_k_as_one_big_file(random_features):
 def test_top_k_larger_than_the_table(random_features, tmp_path):
     emb = np.random.default_rng(1).normal(size=(5, 512)).astype(np.float32)
     write_features(str(tmp_path), emb, "m", files=2, row_group_size=2)
-    top = search.search(search.level_files(str(tmp_path), "clip"), emb[:1], "clip", k=50)
+    top = search.search(level_files(str(tmp_path), "clip"), emb[:1], "clip", k=50)
     assert len(top.rows[0]) == 5 and top.rows[0][0]["video_id"] == "v00000" and top.rows[0][0]["clip_index"] == 0
 
 
@@ -263,7 +264,7 @@ def test_a_prefix_that_mixes_preprocessing_or_models_is_refused(tmp_path):
         table = pq.read_table(os.path.join(prefix, "clips", "clips-00000-of-00001.parquet"))
         odd = os.path.join(prefix, "clips", f"clips-{name}.parquet")
         pq.write_table(table.cast(with_run_metadata(CLIPS_SCHEMA, meta)), odd)
-        with pytest.raises(search.SearchError, match="search one run .* at a time"):
-            search.features_metadata(search.level_files(prefix, "clip"))
+        with pytest.raises(RunError, match="were made differently .*one model and preprocessing together"):
+            shared_metadata(level_files(prefix, "clip"))
         os.remove(odd)
-    assert search.features_metadata(search.level_files(prefix, "clip"))["model"] == "m"
+    assert shared_metadata(level_files(prefix, "clip"))["model"] == "m"

@@ -2,7 +2,8 @@
 
 Both work inside the graph on tables of earlier runs, so they scale with the corpus:
 the earlier `videos` tables are read and joined with the requests by `video_id`.
-Only earlier runs made with the same model, preprocessing and precision count as done.
+Only earlier runs whose features are interchangeable with this run's (storage.runs: the same model,
+preprocessing and precision) count as done.
 """
 
 from __future__ import annotations
@@ -12,29 +13,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
-import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
 from storage.layout import table_files, table_glob
-from storage.objects import open_object
+from storage.runs import differences, file_run_metadata, interchangeable
 from transforms.records import NAMESPACE
-from transforms.tables import read_run_metadata
 
 log = logging.getLogger(__name__)
-
-
-def _file_metadata(path: str) -> dict[str, Any]:
-    with open_object(path) as f:
-        return read_run_metadata(pq.read_schema(f))
-
-
-# What makes two runs' features the same; files written before a key existed hold its default.
-IDENTITY_KEYS = {"model": None, "preprocessing": None, "precision": "float32"}
-
-
-def run_identity(metadata: dict[str, Any]) -> dict[str, Any]:
-    """The part of a run's metadata that decides whether its features equal another run's."""
-    return {key: metadata.get(key, default) for key, default in IDENTITY_KEYS.items()}
 
 
 def matching_table_files(prefixes: Sequence[str], table: str, metadata: dict[str, Any]) -> list[str]:
@@ -44,19 +29,19 @@ def matching_table_files(prefixes: Sequence[str], table: str, metadata: dict[str
     file: a launch over many earlier runs of many shards costs a listing and a read per run. Others
     are logged and left out (their videos are done again).
     """
-    wanted = run_identity(metadata)
+    wanted = interchangeable(metadata)
     files = []
     for prefix in prefixes:
         paths = table_files(prefix, table)
         if not paths:
             continue
-        found = run_identity(_file_metadata(paths[0]))
+        found = interchangeable(file_run_metadata(paths[0]))
         if found == wanted:
             files.extend(paths)
         else:
-            differ = {k: (found[k], wanted[k]) for k in wanted if found[k] != wanted[k]}
+            differ = [k for k in wanted if found[k] != wanted[k]]
             log.warning("%s was made with another %s (%s): its videos are not skipped", prefix,
-                        " and ".join(differ), "; ".join(f"{k} {a!r}, this run's {b!r}" for k, (a, b) in differ.items()))
+                        " and ".join(differ), differences(found, wanted))
     return files
 
 

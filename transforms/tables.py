@@ -21,9 +21,8 @@ from s3d.architecture import EMBEDDING_DIM, MIXED_5C_DIM
 from storage.layout import summary_path, table_files, table_glob, table_prefix
 from storage.objects import open_object
 from storage.paths import is_local, local_path
+from storage.runs import METADATA_KEY
 from transforms.records import NAMESPACE
-
-METADATA_KEY = b"s3d.run"
 
 
 def _embedding(dim: int) -> pa.DataType:
@@ -105,12 +104,6 @@ def open_parquet(path: str, metadata: pq.FileMetaData | None = None) -> pq.Parqu
     if not is_local(path):
         return pq.ParquetFile(open_object(path), metadata=metadata, pre_buffer=True)
     return pq.ParquetFile(local_path(path), metadata=metadata, memory_map=True, pre_buffer=True)
-
-
-def read_run_metadata(schema: pa.Schema) -> dict[str, Any]:
-    """The run metadata stored in a file's schema, or {} if it has none."""
-    raw = (schema.metadata or {}).get(METADATA_KEY)
-    return json.loads(raw) if raw else {}
 
 
 class WriteTable(beam.PTransform):

@@ -13,6 +13,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from storage.objects import open_object
 from storage.paths import is_local, local_path
+from storage.runs import comparable
 
 FORMAT = 1
 MANIFEST_NAME = "index.json"
@@ -55,7 +56,9 @@ class Manifest:
 
     def check_same(self, model: str | None, preprocessing: Any, what: str) -> None:
         """Refuses features or queries made another way than the indexed ones."""
-        if (model, _canonical(preprocessing)) != (self.model, _canonical(self.preprocessing)):
+        found, held = (comparable({"model": m, "preprocessing": p}) for m, p in
+                       ((model, preprocessing), (self.model, self.preprocessing)))
+        if found != held:
             raise IndexMismatch(
                 f"{what} was made with model {model!r} / preprocessing {json.dumps(preprocessing, sort_keys=True)}, "
                 f"but the index holds model {self.model!r} / preprocessing "
@@ -65,10 +68,6 @@ class Manifest:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
-
-
-def _canonical(preprocessing: Any) -> str:
-    return json.dumps(preprocessing, sort_keys=True)
 
 
 def manifest_path(index_dir: str) -> str:

@@ -1,0 +1,67 @@
+"""storage.runs: what a run is, and when two runs' features may be used together (one definition for all readers)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from storage.runs import (
+    RunError,
+    check_complete,
+    comparable,
+    interchangeable,
+    shared_metadata,
+    split_list,
+    split_prefixes,
+)
+from transforms.incremental import matching_table_files
+from transforms.tables import VIDEOS_SCHEMA, with_run_metadata, write_summary
+
+F32 = {"model": "m", "preprocessing": {"fps": 10, "size": 224}, "precision": "float32"}
+BF16 = {**F32, "precision": "bfloat16"}
+
+
+def test_comparable_is_model_and_preprocessing_and_interchangeable_adds_precision():
+    reordered = {"model": "m", "preprocessing": {"size": 224, "fps": 10}}  # key order does not matter
+    assert comparable(F32) == comparable(BF16) == comparable(reordered)
+    assert interchangeable(F32) != interchangeable(BF16)
+    assert interchangeable(reordered) == interchangeable(F32)  # files from before --precision: float32
+    assert comparable({**F32, "model": "n"}) != comparable(F32)
+    assert comparable({**F32, "preprocessing": {"fps": 5, "size": 224}}) != comparable(F32)
+
+
+def _run(prefix, metadata: dict, complete: bool = True) -> str:
+    path = f"{prefix}/videos/videos-00000-of-00001.parquet"
+    import os
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    pq.write_table(pa.Table.from_pylist([], schema=VIDEOS_SCHEMA).cast(with_run_metadata(VIDEOS_SCHEMA, metadata)),
+                   path)
+    if complete:
+        write_summary(str(prefix), {"status": "complete"})
+    return path
+
+
+def test_search_and_the_index_take_runs_of_two_precisions_and_skip_done_does_not(tmp_path):
+    f32, bf16 = _run(tmp_path / "f32", F32), _run(tmp_path / "bf16", BF16)
+    assert shared_metadata([f32, bf16])["model"] == "m"  # one space: ranked together
+    other = _run(tmp_path / "other", {**F32, "model": "n"})
+    with pytest.raises(RunError, match="model 'n', this run's 'm'"):
+        shared_metadata([f32, other])
+    # --skip_done: only the float32 run's videos count as done for a float32 run.
+    assert matching_table_files([str(tmp_path / "f32"), str(tmp_path / "bf16")], "videos", F32) == [f32]
+
+
+def test_an_incomplete_run_is_refused_unless_forced(tmp_path):
+    _run(tmp_path / "half", F32, complete=False)
+    with pytest.raises(RunError, match="did not complete"):
+        check_complete(str(tmp_path / "half"))
+    check_complete(str(tmp_path / "half"), force=True)
+
+
+def test_comma_lists():
+    assert split_list(" open, decode ,,") == ["open", "decode"] and split_list(None) == []
+    assert split_prefixes("gs://b/a/, gs://b/b,gs://b/a") == ["gs://b/a", "gs://b/b"]
+    with pytest.raises(RunError, match="names no run"):
+        split_prefixes(" , ")
