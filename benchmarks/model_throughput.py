@@ -21,6 +21,9 @@ VARIANTS = {
     "loaded": "exported SavedModel via load_s3d (what the pipeline runs)",
     "loaded_xla": "the same signature wrapped in tf.function(jit_compile=True)",
     "loaded_onednn_off": "the same with TF_ENABLE_ONEDNN_OPTS=0",
+    "loaded_avx2": "the same with oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2): an AVX2-only CPU, oneDNN on as the "
+                   "project sets it",
+    "loaded_avx2_onednn_off": "AVX2 and oneDNN off: what TensorFlow chose by itself on AVX2-only CPUs (Eigen's Conv3D)",
     "loaded_1_thread_pools": "the same with inter_op=1, intra_op=2 threads",
     "inproc": "network built in-process from the same parameters, not through a SavedModel",
 }
@@ -36,8 +39,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="time spent measuring (after one warm-up call)")
     args = parser.parse_args()
 
-    if args.variant == "loaded_onednn_off":
+    if args.variant in ("loaded_onednn_off", "loaded_avx2_onednn_off"):
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+    if args.variant.startswith("loaded_avx2"):
+        os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+    import s3d  # noqa: F401  (the project's TensorFlow defaults, as every entry point has them)
     import numpy as np
     import tensorflow as tf
 

@@ -635,7 +635,8 @@ def main() -> int:
     if names != list(SECTIONS) and os.path.exists(args.output):
         with open(args.output) as f:
             text = replace_sections(f.read(), parts, f"Section {', '.join(names)} re-run with `--only {args.only}` "
-                                    f"on {started:%Y-%m-%d %H:%M} UTC; compare within a section.")
+                                    f"on {started:%Y-%m-%d %H:%M} UTC on {machine_description()}; compare within "
+                                    "a section.")
     else:
         text = "\n".join(header) + "\n" + "\n\n".join(parts) + "\n"
     with open(args.output, "w") as f:

@@ -7,7 +7,7 @@ import os
 
 # TensorFlow turns its oneDNN path on by itself only on CPUs with AVX512_VNNI, AVX512_BF16 or AMX.
 # Elsewhere (AVX2-only machines: AMD Zen 3, Dataflow's n2d and t2d) Conv3D runs on Eigen, measured
-# 2.4x slower for this model (BENCHMARKS.md, "Model"). The package sets the default before anything
+# 2.3x slower for this model (BENCHMARKS.md, "Model only": loaded_avx2 against loaded_avx2_onednn_off). The package sets the default before anything
 # of the project imports TensorFlow, in every process (Beam's workers import this package to
 # unpickle the model handler); a user's own TF_ENABLE_ONEDNN_OPTS wins.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
