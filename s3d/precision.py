@@ -166,25 +166,29 @@ def plan_precision(requested: str, machine: Machine) -> PrecisionPlan:
     bfloat16 without bfloat16 units, run slower than float32.
     """
     check_precision(requested)
+
+    def to_float32(reason: str | None = None) -> PrecisionPlan:
+        return PrecisionPlan(requested, "float32", reason, machine.onednn)
+
     if requested == "float32":
-        return PrecisionPlan(requested, "float32", onednn=machine.onednn)
+        return to_float32()
     asked = f"--precision {requested} asked for"
     if requested == "bfloat16":
         if machine.gpu_device:
-            return PrecisionPlan(requested, "float32", (
+            return to_float32(
                 f"{asked}, but this model copy runs on {machine.gpu_device} and bfloat16 is the CPU precision "
                 "(TensorFlow's bfloat16 rewrite is oneDNN's): float32 runs, and the output says so. Use --precision "
-                "float16 on GPUs"), machine.onednn)
+                "float16 on GPUs")
         if machine.onednn is False:
-            return PrecisionPlan(requested, "float32", (
+            return to_float32(
                 f"{asked}, but TensorFlow's oneDNN path is off (TF_ENABLE_ONEDNN_OPTS=0) and its bfloat16 rewrite "
-                "needs it: float32 runs, and the output says so"), machine.onednn)
+                "needs it: float32 runs, and the output says so")
         if machine.cpu_bf16 is False:
-            return PrecisionPlan(requested, "float32", (
+            return to_float32(
                 f"{asked}, but this CPU has neither AVX512_BF16 nor AMX (or ONEDNN_MAX_CPU_ISA caps oneDNN below "
                 f"them): bfloat16 would be emulated at about {EMULATED_BF16_SPEED:g}x float32's speed (with AVX-512) or "
-                "not run at all (AVX2 only), so float32 runs, and the output says so. CPUs with bfloat16 units: Intel Sapphire Rapids and later (Dataflow's "
-                "c3/n4 machine types), AMD Zen 4 and later (c3d)"), machine.onednn)
+                "not run at all (AVX2 only), so float32 runs, and the output says so. CPUs with bfloat16 units: Intel "
+                "Sapphire Rapids and later (Dataflow's c3/n4 machine types), AMD Zen 4 and later (c3d)")
         if machine.cpu_bf16 is None:
             return PrecisionPlan(requested, "bfloat16", (
                 f"{asked}; the CPU's features cannot be read here (remote workers, or no /proc/cpuinfo): "
@@ -193,15 +197,15 @@ def plan_precision(requested: str, machine: Machine) -> PrecisionPlan:
         return PrecisionPlan(requested, "bfloat16", onednn=machine.onednn)
     # float16
     if not machine.gpu_device:
-        return PrecisionPlan(requested, "float32", (
+        return to_float32(
             f"{asked}, but float16 is for GPUs with tensor cores (compute capability 7.0 and up: T4, L4, A100) and "
             "TensorFlow sees no GPU for this model copy: float32 runs on the CPU, and the output says so. On CPUs "
-            "with AVX512_BF16 or AMX use --precision bfloat16"), machine.onednn)
+            "with AVX512_BF16 or AMX use --precision bfloat16")
     if machine.gpu_capability is not None and machine.gpu_capability < (7, 0):
         major, minor = machine.gpu_capability
-        return PrecisionPlan(requested, "float32", (
+        return to_float32(
             f"{asked}, but {machine.gpu_device} has compute capability {major}.{minor}, below the 7.0 of tensor "
-            "cores: float32 runs, and the output says so"), machine.onednn)
+            "cores: float32 runs, and the output says so")
     return PrecisionPlan(requested, "float16", onednn=machine.onednn)
 
 
