@@ -65,3 +65,29 @@ def test_comma_lists():
     assert split_prefixes("gs://b/a/, gs://b/b,gs://b/a") == ["gs://b/a", "gs://b/b"]
     with pytest.raises(RunError, match="names no run"):
         split_prefixes(" , ")
+
+
+def test_the_summary_counts_rows_from_the_final_tables_not_from_what_the_finalize_said(tmp_path):
+    """A retried finalize skips the shards it renamed the first time and emits fewer file names: the summary
+    must still count every final file (it lists the tables) and never a temp file."""
+    import json
+    import os
+
+    from storage.layout import table_prefix
+    from transforms.tables import FAILURES_SCHEMA, WriteTables
+
+    prefix = str(tmp_path / "run")
+    for shard, count in enumerate((3, 4)):
+        rows = [{"video_id": f"v{shard}{i}", "uri": "u", "segment_start_sec": None, "segment_end_sec": None,
+                 "stage": "open", "error_type": "OpenError", "message": "m", "transient": False, "clips_kept": 0}
+                for i in range(count)]
+        path = f"{table_prefix(prefix, 'failures')}-{shard:05d}-of-00002.parquet"
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows, schema=FAILURES_SCHEMA), path)
+    temp = tmp_path / "run" / "failures" / "beam-temp-failures-1" / "leftover.parquet"
+    temp.parent.mkdir()
+    pq.write_table(pa.Table.from_pylist([], schema=FAILURES_SCHEMA), str(temp))
+    writer = WriteTables(prefix, {"job": "extract"}, {"videos_failed": "failures"})
+    only_the_second = [("failures", f"{table_prefix(prefix, 'failures')}-00001-of-00002.parquet")]
+    summary = json.loads(open(writer._write_summary(only_the_second, ["failures"])).read())
+    assert summary["rows"] == {"failures": 7} and summary["counts"] == {"videos_failed": 7}
