@@ -43,9 +43,10 @@ def main() -> None:
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
     if args.variant.startswith("loaded_avx2"):
         os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
-    import s3d  # noqa: F401  (the project's TensorFlow defaults, as every entry point has them)
     import numpy as np
     import tensorflow as tf
+
+    import s3d  # noqa: F401  (the project's TensorFlow defaults, as every entry point has them)
 
     if args.variant == "loaded_1_thread_pools":
         tf.config.threading.set_inter_op_parallelism_threads(1)

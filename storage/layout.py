@@ -59,9 +59,8 @@ def read_summary(output_prefix: str) -> dict[str, Any] | None:
         return None
 
 
-def table_files(output_prefix: str, table: str, limit: int | None = None) -> list[str]:
+def table_files(output_prefix: str, table: str) -> list[str]:
     """The final files of a table, sorted, from a listing of the store (never temp files: they live apart)."""
     from apache_beam.io.filesystems import FileSystems
 
-    result = FileSystems.match([table_glob(output_prefix, table)], limits=[limit] if limit else None)[0]
-    return sorted(m.path for m in result.metadata_list)
+    return sorted(m.path for m in FileSystems.match([table_glob(output_prefix, table)])[0].metadata_list)

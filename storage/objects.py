@@ -14,9 +14,10 @@ from typing import IO
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-# HTTP statuses a store answers for a request that will never succeed as it is.
-_MISSING = {404, 410, "404", "410", "NoSuchKey", "NoSuchBucket", "NotFound"}
-_FORBIDDEN = {401, 403, "401", "403", "AccessDenied", "Forbidden"}
+# What a store answers for a request that will never succeed as it is (HTTP statuses and S3's error
+# codes, compared as text: clients carry them as int or str).
+_MISSING = {"404", "410", "NoSuchKey", "NoSuchBucket", "NotFound"}
+_FORBIDDEN = {"401", "403", "AccessDenied", "Forbidden"}
 
 
 def _codes(error: BaseException) -> list[object]:
@@ -36,9 +37,9 @@ def classify(error: BaseException) -> type[OSError] | None:
     if isinstance(error, PermissionError):
         return PermissionError
     codes = {str(c) for c in _codes(error)}
-    if codes & {str(c) for c in _MISSING}:
+    if codes & _MISSING:
         return FileNotFoundError
-    if codes & {str(c) for c in _FORBIDDEN}:
+    if codes & _FORBIDDEN:
         return PermissionError
     return None
 
