@@ -15,6 +15,8 @@ import os
 import resource
 import time
 
+import s3d  # noqa: F401  (the project's TensorFlow defaults, oneDNN on, set before main imports TensorFlow)
+
 GFLOP_PER_CLIP = 72.7  # docs/model.md, "Compute": TensorFlow's profiler on the video signature, 1x32x224x224
 
 VARIANTS = {
@@ -45,8 +47,6 @@ def main() -> None:
         os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
     import numpy as np
     import tensorflow as tf
-
-    import s3d  # noqa: F401  (the project's TensorFlow defaults, as every entry point has them)
 
     if args.variant == "loaded_1_thread_pools":
         tf.config.threading.set_inter_op_parallelism_threads(1)
