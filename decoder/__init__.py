@@ -10,6 +10,7 @@ Beam's FileSystems); local paths need none.
 
 from decoder.errors import (
     CorruptStreamError,
+    DecoderCrashError,
     LimitExceededError,
     NoFramesError,
     NoVideoStreamError,
@@ -19,11 +20,11 @@ from decoder.errors import (
     VideoError,
 )
 from decoder.options import CROP_MODES, FALLBACK_FPS, TAIL_POLICIES, DecodeOptions, add_decode_arguments
-from decoder.prefetch import prefetch
 from decoder.reader import Clip, ClipReader, Opener, VideoInfo
 
 __all__ = [
     "CROP_MODES", "FALLBACK_FPS", "TAIL_POLICIES", "Clip", "ClipReader", "CorruptStreamError", "DecodeOptions",
+    "DecoderCrashError",
     "LimitExceededError", "NoFramesError", "NoVideoStreamError", "OpenError", "Opener", "TooShortError",
-    "UnsupportedCodecError", "VideoError", "VideoInfo", "add_decode_arguments", "prefetch",
+    "UnsupportedCodecError", "VideoError", "VideoInfo", "add_decode_arguments",
 ]

@@ -7,6 +7,8 @@ store 5xx), so failure records can be filtered and retried.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class VideoError(Exception):
     """A problem with one input video. Never a bug in this project's code."""
@@ -18,6 +20,24 @@ class VideoError(Exception):
         super().__init__(f"{uri}: {message}")
         self.uri = uri
         self.detail = message
+
+    def to_record(self) -> dict[str, Any]:
+        """The error as plain data, to cross a process boundary (`from_record` rebuilds it)."""
+        record = {"type": type(self).__name__, "uri": self.uri, "detail": self.detail}
+        record.update({k: v for k, v in vars(self).items() if k not in ("uri", "detail")})
+        record.update(stage=self.stage, transient=self.transient)
+        return record
+
+    @staticmethod
+    def from_record(record: dict[str, Any]) -> VideoError:
+        """The error `to_record` gave, of the same class, message and attributes."""
+        fields = dict(record)
+        cls = _ERRORS.get(fields.pop("type"), VideoError)
+        error = cls.__new__(cls)
+        VideoError.__init__(error, fields.pop("uri"), fields.pop("detail"))
+        for name, value in fields.items():
+            setattr(error, name, value)
+        return error
 
 
 class OpenError(VideoError):
@@ -64,3 +84,22 @@ class LimitExceededError(VideoError):
     def __init__(self, uri: str, limit: str, message: str):
         super().__init__(uri, message)
         self.limit = limit
+
+
+class DecoderCrashError(VideoError):
+    """The decoder process died on this video (a signal such as SIGSEGV, or an exit): FFmpeg crashed.
+
+    Clips decoded before the crash were emitted (`clips_emitted`); `signal` is the signal's
+    number, or None when the process exited instead.
+    """
+
+    def __init__(self, uri: str, message: str, stage: str, clips_emitted: int = 0, signal: int | None = None):
+        super().__init__(uri, message)
+        self.stage = stage
+        self.clips_emitted = clips_emitted
+        self.signal = signal
+
+
+_ERRORS = {cls.__name__: cls for cls in (
+    VideoError, OpenError, NoVideoStreamError, UnsupportedCodecError, NoFramesError, TooShortError,
+    CorruptStreamError, LimitExceededError, DecoderCrashError)}

@@ -36,6 +36,7 @@ class DecodeOptions:
     max_pixels: int = 7680 * 4320  # per frame (8K UHD)
     max_duration_sec: float = 6 * 3600.0  # of video decoded
     max_seconds_per_video: float = 3600.0  # wall clock
+    max_decoder_memory_mb: int = 8192  # the decoder process's address space (0: no cap)
     threads: int = dataclasses.field(default=0, metadata=_flag("decode_threads"))  # 0 = one per core
 
     def __post_init__(self) -> None:
@@ -74,6 +75,8 @@ class DecodeOptions:
             raise ValueError(f"{f('max_duration_sec')} must be > 0, got {self.max_duration_sec}")
         if not self.max_seconds_per_video > 0:
             raise ValueError(f"{f('max_seconds_per_video')} must be > 0, got {self.max_seconds_per_video}")
+        if self.max_decoder_memory_mb < 0:
+            raise ValueError(f"{f('max_decoder_memory_mb')} must be >= 0 (0: no cap), got {self.max_decoder_memory_mb}")
         if self.threads < 0:
             raise ValueError(f"{f('threads')} must be >= 0, got {self.threads}")
 
@@ -88,7 +91,7 @@ class DecodeOptions:
             fps=flags.fps, frames_per_clip=flags.frames_per_clip, stride=flags.stride, num_clips=flags.num_clips,
             size=flags.size, crop=flags.crop, tail=flags.tail, max_pixels=flags.max_pixels,
             max_duration_sec=flags.max_duration_sec, max_seconds_per_video=flags.max_seconds_per_video,
-            threads=flags.decode_threads,
+            max_decoder_memory_mb=flags.max_decoder_memory_mb, threads=flags.decode_threads,
         )
 
     def preprocessing(self) -> dict[str, Any]:
@@ -139,7 +142,11 @@ def add_decode_arguments(parser: argparse.ArgumentParser) -> Any:
     group.add_argument("--max_duration_sec", type=float, default=d.max_duration_sec,
                        help=f"longest video decoded, seconds (default: {d.max_duration_sec:g})")
     group.add_argument("--max_seconds_per_video", type=float, default=d.max_seconds_per_video,
-                       help=f"wall-clock budget to decode one video (default: {d.max_seconds_per_video:g})")
+                       help="wall-clock budget to decode one video; the decoder process is killed when "
+                       f"it makes no progress for that long (default: {d.max_seconds_per_video:g})")
+    group.add_argument("--max_decoder_memory_mb", type=int, default=d.max_decoder_memory_mb,
+                       help="address space of the decoder process, in MiB: a video that needs more fails "
+                       f"alone (default: {d.max_decoder_memory_mb}; 0: no cap)")
     group = parser.add_argument_group("decoding")
     group.add_argument("--decode_threads", type=int, default=d.threads,
                        help="decoder threads per video, 0 = one per core (default: 0)")

@@ -153,6 +153,8 @@ class ClipReader:
             sample times start_sec + k/fps for k in [first, end) (end None: to the end), whose
             first clip is the video's clip `first_clip`. Parts cut at clip starts give the clips
             of a reader without `part`, with the same clip_index and times.
+        on_probe: called once the container is open and its video stream probed, before the
+            first frame is decoded (a decoder process tells its parent the open stage is over).
 
     Raises (from iteration): the VideoError subclasses of decoder.errors.
     """
@@ -160,7 +162,7 @@ class ClipReader:
     def __init__(
         self, uri: str, options: DecodeOptions, start_sec: float | None = None, end_sec: float | None = None,
         opener: Opener | None = None, decode_all: bool = False,
-        part: tuple[int, int | None, int] | None = None,
+        part: tuple[int, int | None, int] | None = None, on_probe: Callable[[], None] | None = None,
     ):
         if start_sec is not None and start_sec < 0:
             raise ValueError(f"start_sec must be >= 0, got {start_sec}")
@@ -172,6 +174,7 @@ class ClipReader:
         self.end_sec = end_sec
         self.opener = opener
         self.decode_all = decode_all
+        self.on_probe = on_probe
         self.info = VideoInfo(uri=uri)
         self.first_sample, self.end_sample, self.first_clip = part or (0, None, 0)
         if part is not None:
@@ -305,6 +308,7 @@ class _Decoding:
         self._skip_mode = "DEFAULT"
         self._seek_landing = self._overshot = False
         self._reseeks = 0
+        self._seeks_unreliable = False  # a seek fell back to the stream's start: no more seeks in this pass
         self.sampler = TimestampSampler(self.opts.fps, reader.start_sec, reader.stop_sec, reader.first_sample)
         self.windower: Windower | None = None
         self.converter: FrameConverter | None = None
@@ -408,6 +412,8 @@ class _Decoding:
 
     def clips(self) -> Iterator[Clip]:
         s = self.probe()
+        if self.reader.on_probe is not None:
+            self.reader.on_probe()
         self.t0 = s.t0
         deadline = time.monotonic() + self.opts.max_seconds_per_video
         packets = _Packets(self.container, s.stream)
@@ -490,7 +496,8 @@ class _Decoding:
 
     def _maybe_seek(self, packets: _Packets, s: _Stream) -> None:
         """Seeks across a gap no clip uses, when it is long enough for a keyframe to lie inside it."""
-        if self.decode_all or self.sampler.first_k is None or self.prev is None or self._seek is not None:
+        if (self.decode_all or self.sampler.first_k is None or self.prev is None or self._seek is not None
+                or self._seeks_unreliable):
             return
         plan = self.windower.plan
         i = None if plan.uses_all else plan.next_needed(self.windower.next_index)
@@ -516,6 +523,9 @@ class _Decoding:
         last, target = self._seek
         if self._reseeks > MAX_RESEEKS:
             # From the stream's start, taking the frames as they come: what decoding from the start gives.
+            # The file's index cannot be trusted, so the rest of the pass decodes through its gaps (a new
+            # seek would land late again, and every round trip back to the start gains one frame).
+            self._seeks_unreliable = True
             self._seek_to(packets, s, -(self.t0 or 0.0))
             self._seek_landing = False
             return

@@ -26,7 +26,8 @@ from typing import Any
 import av
 import numpy as np
 
-from decoder import ClipReader, DecodeOptions, VideoError, add_decode_arguments
+from decoder import DecodeOptions, VideoError, add_decode_arguments
+from decoder.process import DecoderProcess
 from storage.paths import opener_for
 
 SHEET_CLIPS = 16  # rows of the contact sheet: clips chosen evenly from the video
@@ -134,25 +135,26 @@ def extract_frames(video: str, options: DecodeOptions, start_sec: float | None =
     Raises:
         VideoError: the video could not be decoded (nothing is written).
     """
-    reader = ClipReader(video, options, start_sec, end_sec, opener=opener_for(video), decode_all=decode_all)
-    frames = _FrameFile(output) if output else None
-    board = _Sheet(sheet_clips, sheet_thumb) if sheet else None
-    clips, written_to = 0, 0  # samples below `written_to` are in the file already
-    started = time.perf_counter()
-    try:
-        for clip in reader:
-            clips += 1
+    with DecoderProcess(slots=2) as decoder:  # FFmpeg apart: a crash is this video's error, not a traceback
+        reader = decoder.reader(video, options, start_sec, end_sec, opener=opener_for(video), decode_all=decode_all)
+        frames = _FrameFile(output) if output else None
+        board = _Sheet(sheet_clips, sheet_thumb) if sheet else None
+        clips, written_to = 0, 0  # samples below `written_to` are in the file already
+        started = time.perf_counter()
+        try:
+            for clip in reader:
+                clips += 1
+                if frames is not None:
+                    for j in range(max(0, written_to - clip.first_sample), clip.num_frames):
+                        frames.add(clip.frames[j])
+                    written_to = max(written_to, clip.first_sample + clip.num_frames)
+                if board is not None:
+                    board.add(clip.clip_index, clip.frames)
+            seconds = time.perf_counter() - started
+        except BaseException:
             if frames is not None:
-                for j in range(max(0, written_to - clip.first_sample), clip.num_frames):
-                    frames.add(clip.frames[j])
-                written_to = max(written_to, clip.first_sample + clip.num_frames)
-            if board is not None:
-                board.add(clip.clip_index, clip.frames)
-        seconds = time.perf_counter() - started
-    except BaseException:
-        if frames is not None:
-            frames.close(keep=False)
-        raise
+                frames.close(keep=False)
+            raise
     if frames is not None:
         frames.close(keep=True)
     if board is not None and (image := board.image()) is not None:

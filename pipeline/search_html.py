@@ -8,6 +8,7 @@ that opens anywhere. A video that cannot be read shows why instead of its strip.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 from typing import Any
@@ -20,16 +21,22 @@ THUMBS_PER_RESULT = 4
 THUMB_SIZE = 96
 
 
-def thumbnails(uri: str, start_sec: float, end_sec: float, count: int = THUMBS_PER_RESULT) -> list[np.ndarray]:
-    """`count` frames spread over [start_sec, end_sec) of the video, centre-cropped, THUMB_SIZE square."""
-    from decoder import ClipReader, DecodeOptions
+def thumbnails(uri: str, start_sec: float, end_sec: float, count: int = THUMBS_PER_RESULT,
+               decoder=None) -> list[np.ndarray]:
+    """`count` frames spread over [start_sec, end_sec) of the video, centre-cropped, THUMB_SIZE square.
+
+    Decoded in `decoder` (a decoder.process.DecoderProcess), or in one of its own.
+    """
+    from decoder import DecodeOptions
+    from decoder.process import DecoderProcess
     from storage.paths import opener_for
 
     span = max(end_sec - start_sec, 1e-3)
     options = DecodeOptions(fps=count / span, frames_per_clip=count, size=THUMB_SIZE, max_seconds_per_video=60)
-    reader = ClipReader(uri, options, start_sec=start_sec or None, end_sec=end_sec, opener=opener_for(uri))
-    for clip in reader:
-        return list(clip.frames)
+    with contextlib.nullcontext(decoder) if decoder is not None else DecoderProcess(slots=1) as process:
+        reader = process.reader(uri, options, start_sec=start_sec or None, end_sec=end_sec, opener=opener_for(uri))
+        for clip in reader:
+            return list(clip.frames)
     return []
 
 
@@ -41,10 +48,10 @@ def _jpeg_data_uri(frame: np.ndarray) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _strip(row: dict[str, Any], level: str) -> str:
+def _strip(row: dict[str, Any], level: str, decoder) -> str:
     start, end = (row["start_sec"], row["end_sec"]) if level == "clip" else (0.0, row.get("duration_sec") or 1.0)
     try:
-        frames = thumbnails(row["uri"], start, end)
+        frames = thumbnails(row["uri"], start, end, decoder=decoder)
     except (VideoError, OSError) as e:
         return f'<div class="missing">no thumbnails: {html.escape(str(e))}</div>'
     except Exception as e:  # noqa: BLE001 - a page of results must not fail on one unreadable video
@@ -86,6 +93,17 @@ window.addEventListener("load", function () {{
 
 
 def write_html(path: str, rows: list[dict[str, Any]], level: str, metadata: dict[str, Any]) -> None:
+    from decoder.process import DecoderProcess
+
+    with DecoderProcess(slots=1) as decoder:  # one process for the page's thumbnails, restarted if one crashes
+        sections = _sections(rows, level, decoder)
+    page = PAGE.format(size=THUMB_SIZE, model=html.escape(str(metadata.get("model"))), level=level,
+                       sections="\n".join(sections))
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(page)
+
+
+def _sections(rows: list[dict[str, Any]], level: str, decoder) -> list[str]:
     sections: list[str] = []
     current = None
     for row in rows:
@@ -97,9 +115,6 @@ def write_html(path: str, rows: list[dict[str, Any]], level: str, metadata: dict
         sections.append(
             '<div class="result"><div class="meta">'
             f'<span class="score">#{row["rank"]} · {row["score"]:.4f}</span><br>'
-            f'{html.escape(row["uri"])}<br>{where}</div>{_strip(row, level)}</div>'
+            f'{html.escape(row["uri"])}<br>{where}</div>{_strip(row, level, decoder)}</div>'
         )
-    page = PAGE.format(size=THUMB_SIZE, model=html.escape(str(metadata.get("model"))), level=level,
-                       sections="\n".join(sections))
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(page)
+    return sections

@@ -140,7 +140,10 @@ def test_seeks_that_always_land_late_end_in_decoding_from_the_start(videos):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(reader_module._Packets, "seek", always_late)
-        assert_same(both(videos["long"], frames_per_clip=16, num_clips=3))
+        everything, less = assert_same(both(videos["long"], frames_per_clip=16, num_clips=3))
+    # Once back at the start, the reader decodes through the later gaps instead of seeking into the
+    # broken index again (each round trip to the start once gained one frame: 441,258 decoded, not 1,800).
+    assert less <= everything
     reference = both(videos["long"], 20.0, 24.0, frames_per_clip=8)[0]  # seeks land where asked
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(reader_module._Packets, "seek", always_late)

@@ -14,6 +14,7 @@ import pytest
 from floats import assert_features_close
 
 from decoder import ClipReader, DecodeOptions
+from decoder.process import FAULT_ENV
 from pipeline import extract
 from storage.layout import read_summary
 from storage.runs import METADATA_KEY
@@ -21,7 +22,7 @@ from synthetic.videos import write_audio_only, write_video
 from transforms.records import derive_video_id
 from transforms.tables import CLIPS_SCHEMA, FAILURES_SCHEMA, VIDEOS_SCHEMA
 
-FAST = ["--size", "64", "--frames_per_clip", "8", "--fps", "5"]
+FAST = ["--size", "64", "--frames_per_clip", "8", "--fps", "5", "--max_seconds_per_video", "5"]
 DECODE = DecodeOptions(size=64, frames_per_clip=8, fps=5)
 
 
@@ -39,6 +40,14 @@ def write_manifest(path: str, rows: list[dict]) -> str:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
+    # Two valid videos on which the decoder process really fails: it dies by SIGSEGV after the first
+    # clip of one, and blocks in native code after the first clip of the other (decoder.process).
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(FAULT_ENV, "segv:crash.mkv,hang:hang.mkv")
+        yield _corpus(tmp_path_factory)
+
+
+def _corpus(tmp_path_factory):
     d = tmp_path_factory.mktemp("videos")
     good = {
         "a": write_video(str(d / "a.mp4"), 60, fps=20, width=96, height=64),
@@ -54,7 +63,11 @@ def corpus(tmp_path_factory):
     full = write_video(str(d / "full.mkv"), 100, fps=10, codec="mjpeg", pix_fmt="yuvj420p")
     data = open(full, "rb").read()
     (d / "cut.mkv").write_bytes(data[: len(data) // 2])
+    crash = write_video(str(d / "crash.mkv"), 60, fps=20, width=96, height=64)
+    hang = write_video(str(d / "hang.mkv"), 60, fps=20, width=96, height=64)
     rows = [
+        {"video_id": "crash", "uri": crash},
+        {"video_id": "hang", "uri": hang},
         {"video_id": "cut", "uri": str(d / "cut.mkv")},
         {"video_id": "a", "uri": good["a"]},
         {"video_id": "b", "uri": good["b"]},
@@ -87,7 +100,7 @@ def test_every_input_is_in_exactly_one_of_videos_or_failures(run, corpus):
     by_id = {}
     for f in failures:
         by_id.setdefault(f["video_id"], []).append(f)
-    assert set(by_id) == {"text", "zero", "audio", "missing", "backwards", "b", "cut"}
+    assert set(by_id) == {"text", "zero", "audio", "missing", "backwards", "b", "cut", "crash", "hang"}
     assert not set(videos) & (set(by_id) - {"b"})  # "b" is both: the good video, and the conflicting repeat
     stages = {k: (v[0]["stage"], v[0]["error_type"]) for k, v in by_id.items()}
     assert stages["text"] == ("open", "OpenError")
@@ -101,6 +114,13 @@ def test_every_input_is_in_exactly_one_of_videos_or_failures(run, corpus):
     assert stages["cut"] == ("decode", "CorruptStreamError") and "truncated" in by_id["cut"][0]["message"]
     kept = read_table(run, "clips").column("video_id").to_pylist().count("cut")
     assert by_id["cut"][0]["clips_kept"] == kept > 0
+    # A native crash and a native hang cost their videos only: the clip before each is kept.
+    clip_ids = read_table(run, "clips").column("video_id").to_pylist()
+    crash, hang = by_id["crash"][0], by_id["hang"][0]
+    assert stages["crash"] == ("decode", "DecoderCrashError") and "SIGSEGV" in crash["message"]
+    assert stages["hang"] == ("decode", "LimitExceededError") and "max_seconds_per_video=5" in hang["message"]
+    assert crash["clips_kept"] == clip_ids.count("crash") == 1 and hang["clips_kept"] == clip_ids.count("hang") == 1
+    assert not crash["transient"] and not hang["transient"]
 
 
 def test_clip_rows_match_the_decoder_and_the_model(run, corpus, standin_model):
@@ -168,7 +188,7 @@ def test_tables_read_back_with_pyarrow_and_duckdb(run, standin_dir):
 def test_run_summary_is_written_last_with_counts(run):
     summary = read_summary(run)
     assert summary["status"] == "complete"
-    assert summary["counts"]["videos_ok"] == 4 and summary["counts"]["videos_failed"] == 7
+    assert summary["counts"]["videos_ok"] == 4 and summary["counts"]["videos_failed"] == 9
     assert summary["counts"]["input_duplicates"] == 1
     assert summary["counts"]["clips"] == read_table(run, "clips").num_rows
     reasons = {(r["stage"], r["error_type"]): r["count"] for r in summary["failure_reasons"]}
@@ -304,4 +324,4 @@ def test_failure_reasons_read_without_arrows_dataset_layer(run, monkeypatch):
     monkeypatch.setattr(pq, "read_table", refuse)
     reasons = {(r["stage"], r["error_type"]): r["count"] for r in failure_reasons(run)}
     assert reasons[("open", "OpenError")] == 3 and reasons[("decode", "CorruptStreamError")] == 1
-    assert sum(reasons.values()) == 7
+    assert sum(reasons.values()) == 9

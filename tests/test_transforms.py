@@ -112,6 +112,29 @@ def test_decode_fn_turns_a_broken_video_into_a_failure(tmp_path):
     assert (row["video_id"], row["stage"], row["error_type"], row["clips_kept"]) == ("bad", "open", "OpenError", 0)
 
 
+def test_decode_fn_turns_a_decoder_crash_into_a_failure_and_goes_on(tmp_path, monkeypatch):
+    from decoder.process import FAULT_ENV
+
+    monkeypatch.setenv(FAULT_ENV, "segv:crash.mp4")  # the decoder process really dies by SIGSEGV
+    crash = write_video(str(tmp_path / "crash.mp4"), 30, fps=10, width=64, height=48)
+    good = write_video(str(tmp_path / "good.mp4"), 30, fps=10, width=64, height=48)
+    fn = DecodeClipsFn(DecodeOptions(fps=10, frames_per_clip=8, size=32), backoff_sec=0)
+    fn.setup()
+    try:
+        out = list(fn.process(VideoRequest("crash", crash)))
+        after = list(fn.process(VideoRequest("good", good)))
+    finally:
+        fn.teardown()
+    clips = [o for o in out if isinstance(o, ClipItem)]
+    failures = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput) and o.tag == FAILURES]
+    assert len(clips) == 1 and len(failures) == 1  # the clip decoded before the crash is kept, not retried
+    row = failures[0]
+    assert (row["stage"], row["error_type"], row["clips_kept"], row["transient"]) == (
+        "decode", "DecoderCrashError", 1, False)
+    assert "SIGSEGV" in row["message"]
+    assert len([o for o in after if isinstance(o, ClipItem)]) == 4  # the next video, in a new process
+
+
 # ---- inference failures and assembly -------------------------------------------------------------
 
 
@@ -192,77 +215,6 @@ def test_a_worker_that_cannot_compute_the_recorded_precision_refuses_to_load(sta
     with pytest.raises(ModelLoadError, match="computes float32 where the run records bfloat16"):
         handler.load_model()
     assert S3DModelHandler(standin_dir, "text", precision="bfloat16").load_model().precision == "float32"
-
-
-# ---- prefetch ------------------------------------------------------------------------------------
-
-
-def test_prefetch_runs_ahead_in_another_thread_and_bounds_the_lead():
-    import threading
-    import time
-
-    from decoder import prefetch
-
-    produced, threads = [], set()
-
-    def items():
-        for i in range(20):
-            threads.add(threading.get_ident())
-            produced.append(i)
-            yield i
-
-    seen = []
-    for item in prefetch(items(), depth=2):
-        seen.append(item)
-        if item == 5:
-            time.sleep(0.2)  # give the producer time to run ahead as far as it may
-            # Ahead of the consumer (inline it would be exactly 6), but by at most the queue (2)
-            # and one item blocked in put.
-            assert 5 + 1 + 2 <= len(produced) <= 5 + 1 + 2 + 1
-    assert seen == list(range(20))
-    assert threads and threading.get_ident() not in threads
-
-
-def test_prefetch_zero_decodes_inline():
-    import threading
-
-    from decoder import prefetch
-
-    threads = []
-
-    def items():
-        for i in range(3):
-            threads.append(threading.get_ident())
-            yield i
-
-    assert list(prefetch(items(), depth=0)) == [0, 1, 2]
-    assert set(threads) == {threading.get_ident()}
-
-
-def test_prefetch_reraises_the_producers_error_after_its_items():
-    from decoder import prefetch
-
-    def items():
-        yield 1
-        yield 2
-        raise OSError("disk went away")
-
-    got = []
-    with pytest.raises(OSError, match="disk went away"):
-        for item in prefetch(items(), depth=4):
-            got.append(item)
-    assert got == [1, 2]
-
-
-def test_prefetch_releases_the_producer_when_the_consumer_stops():
-    import threading
-
-    from decoder import prefetch
-
-    stream = prefetch(iter(range(10**9)), depth=1)
-    assert next(stream) == 0
-    stream.close()  # as when a downstream step raises
-    assert not any(t.name == "prefetch" and t.is_alive() for t in threading.enumerate())
 
 
 # ---- retries, assembly checks, prefetch in the DoFn, the text steps -------------------------------

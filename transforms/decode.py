@@ -15,7 +15,8 @@ import time
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from decoder import ClipReader, DecodeOptions, VideoError, prefetch
+from decoder import DecodeOptions, VideoError
+from decoder.process import DecoderProcess
 from storage.objects import open_object
 from transforms.progress import ProgressLog
 from transforms.records import (
@@ -36,7 +37,9 @@ log = logging.getLogger(__name__)
 
 
 class DecodeClipsFn(beam.DoFn):
-    """Decodes one video per call; `prefetch` clips are decoded ahead in a thread while the model runs.
+    """Decodes one video per call, in a decoder process of its own (decoder.process): a crash or a
+    hang in FFmpeg costs that video a failure record, and the process restarts for the next one.
+    The process decodes `prefetch` clips ahead (at least one) while the model runs.
 
     A transient error before the first clip (an object store timing out, a 5xx) is retried
     up to `io_retries` times with exponential backoff; anything else, or a transient error
@@ -64,17 +67,21 @@ class DecodeClipsFn(beam.DoFn):
         self._clip_total = 0
         self._started = time.monotonic()
         self._last_report = self._started
+        self._decoder = DecoderProcess(slots=self._prefetch + 1)
 
-    def _fail(self, request: VideoRequest, reader: ClipReader, error: Exception, stage: str, transient: bool,
-              clips_kept: int):
-        row = failure_row(request.video_id, request.uri, stage, type(error).__name__,
+    def teardown(self):
+        self._decoder.close()
+
+    def _fail(self, request: VideoRequest, reader, error: Exception, stage: str, transient: bool, clips_kept: int):
+        error_type = getattr(error, "error_type", type(error).__name__)  # a decoder's unexpected error: its own
+        row = failure_row(request.video_id, request.uri, stage, error_type,
                           getattr(error, "detail", None) or str(error), transient, clips_kept,
                           segment=(request.start_sec, request.end_sec))
         if request.part is not None:  # JoinParts counts the video
             return beam.pvalue.TaggedOutput(PARTS, part_record(request, reader.first_target, clips_kept, failure=row))
         self._progress.add("video")  # done, as a failure (the failures step counts it as one)
         Metrics.counter(NAMESPACE, f"videos_failed_{stage}").inc()
-        Metrics.counter(NAMESPACE, f"error_{type(error).__name__}").inc()
+        Metrics.counter(NAMESPACE, f"error_{error_type}").inc()
         return beam.pvalue.TaggedOutput(FAILURES, row)
 
     def process(self, request: VideoRequest):
@@ -82,10 +89,10 @@ class DecodeClipsFn(beam.DoFn):
         emitted = 0
         part = part_of(request)
         for attempt in range(self._io_retries + 1):
-            reader = ClipReader(request.uri, self._options, request.start_sec, request.end_sec, opener=open_object,
-                                part=part.reader_part(self._options) if part else None)
+            reader = self._decoder.reader(request.uri, self._options, request.start_sec, request.end_sec,
+                                          opener=open_object, part=part.reader_part(self._options) if part else None)
             try:
-                for clip in prefetch(reader, self._prefetch):
+                for clip in reader:
                     emitted += 1
                     self._padded.inc(int(clip.padded))
                     yield ClipItem(request.video_id, request.uri, clip)

@@ -17,7 +17,8 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from decoder import DecodeOptions
-from decoder.split import Part, plan_parts, read_extent
+from decoder.process import DecoderProcess
+from decoder.split import Part, plan_parts
 from storage.objects import open_object
 from transforms.progress import ProgressLog
 from transforms.records import FAILURES, NAMESPACE, VideoRequest, failure_row
@@ -48,10 +49,14 @@ class SplitLongVideosFn(beam.DoFn):
     def setup(self):
         self._split = Metrics.counter(NAMESPACE, "videos_split")
         self._parts = Metrics.counter(NAMESPACE, "video_parts")
+        self._decoder = DecoderProcess(slots=1)  # the header is read apart too: FFmpeg parses it
+
+    def teardown(self):
+        self._decoder.close()
 
     def process(self, request: VideoRequest):
         try:
-            extent = read_extent(request.uri, open_object)
+            extent = self._decoder.read_extent(request.uri, self._options, open_object)
         except Exception as e:  # noqa: BLE001 - any unreadable header: decoding whole reports it properly
             log.debug("not splitting %s: %s", request.uri, e)
             yield request
