@@ -41,10 +41,10 @@ def frames_command(source: str, *flags: str) -> list[str]:
     return [sys.executable, "-m", "pipeline.frames", source, "--fps", "10", "--size", "224", *flags]
 
 
-def timed(cmd: list[str]) -> tuple[float, bytes]:
+def timed(cmd: list[str], cwd: str | None = None) -> tuple[float, bytes]:
     """Wall seconds of a command line, its stdout read to the end as ffmpeg's consumer would."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=cwd)
     chunks = []
     while chunk := proc.stdout.read(1 << 20):
         chunks.append(chunk if len(chunks) < 4 else b"")  # keep the head (the JSON line), drop raw frames

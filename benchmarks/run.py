@@ -29,14 +29,15 @@ BENCH_CACHE = os.path.join(".cache", "bench")  # generated source videos, kept b
 PEER_CLIPS_PER_S = 0.88  # the authors' PyTorch port, batch 1, on a 2-core machine of this kind
 
 
-def run_json(args: list[str], env: dict[str, str] | None = None) -> dict:
-    """Runs `python -m ...args` and returns the JSON object of its last stdout line."""
+def run_json(args: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> dict:
+    """Runs `python -m ...args` (in `cwd`: that tree's code) and returns the JSON object of its last stdout line."""
     proc = subprocess.run(
         [sys.executable, "-m", *args],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
         check=False,
+        cwd=cwd,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -244,7 +245,8 @@ def split_section(model: str, log: Callable[[str], None]) -> str:
     return "\n".join(lines)
 
 
-def pipeline_section(model: str, log: Callable[[str], None]) -> str:
+def e2e_corpus() -> tuple[str, str]:
+    """The end-to-end corpus: (its one source, a folder of six links to it)."""
     from benchmarks.decode_throughput import make_source
 
     source = make_source("480p_mpeg4_30s", BENCH_CACHE)
@@ -254,6 +256,11 @@ def pipeline_section(model: str, log: Callable[[str], None]) -> str:
         link = os.path.join(corpus, f"video{i}.avi")
         if not os.path.lexists(link):
             os.symlink(os.path.abspath(source), link)
+    return source, corpus
+
+
+def pipeline_section(model: str, log: Callable[[str], None]) -> str:
+    source, corpus = e2e_corpus()
     log("pipeline: decode-only and model-only references")
     decode = run_json(["benchmarks.decode_throughput", "--source", source, "--tool", "ours"])
     decode_cps = decode["sampled_fps"] / 32
@@ -309,6 +316,58 @@ def pipeline_section(model: str, log: Callable[[str], None]) -> str:
     lines += length_memory_table(
         "Peak memory of the whole job on one long video (360p h264, 10 fps, batches of 4):", short, long,
         [("clips", "clips", "{}"), ("wall s", "wall_seconds", "{:.1f}")])
+    return "\n".join(lines)
+
+
+# The last commit that decoded inside the Beam worker, before decoder.process.
+BEFORE_ISOLATION = "5449bde"
+
+
+def isolation_section(model: str, log: Callable[[str], None]) -> str:
+    """Decoding in a process of its own against decoding in the worker (a worktree of BEFORE_ISOLATION)."""
+    from benchmarks.decode_less import frames_command, timed
+    from benchmarks.decode_throughput import make_source
+
+    before = os.path.abspath(os.path.join(BENCH_CACHE, "before_isolation"))
+    if not os.path.exists(before):
+        subprocess.run(["git", "worktree", "add", "--detach", before, BEFORE_ISOLATION], check=True,
+                       capture_output=True)
+    trees = {"in the worker (before)": before, "decoder process": os.getcwd()}
+    video = os.path.abspath(make_source("720p_h264", BENCH_CACHE))
+    _, corpus = e2e_corpus()
+    frames: dict[str, list[float]] = {t: [] for t in trees}
+    jobs: dict[str, list[dict]] = {t: [] for t in trees}
+    for round_ in range(3):  # alternated, so drift on a shared machine hits both alike
+        for label, tree in trees.items():
+            log(f"isolation: {label}, round {round_ + 1}")
+            frames[label].append(timed(frames_command(video), cwd=tree)[0])
+            jobs[label].append(run_json(
+                ["benchmarks.pipeline_throughput", "--model", os.path.abspath(model), "--input",
+                 os.path.join(os.path.abspath(corpus), "*.avi"), "--output_prefix",
+                 os.path.abspath(os.path.join(BENCH_CACHE, "out_isolation"))], cwd=tree))
+    median = {t: {"frames": sorted(frames[t])[1], "job": sorted(jobs[t], key=lambda r: r["wall_seconds"])[1]}
+              for t in trees}
+    base = median["in the worker (before)"]
+    lines = [
+        "## Decoding in a process of its own (`decoder.process`)",
+        "",
+        f"The same commands from two trees, alternated round by round, median of 3: this tree, and commit "
+        f"{BEFORE_ISOLATION} (decoding inside the Beam worker, with a prefetch thread). `pipeline.frames` on the "
+        "60 s 720p h264 source (whole command line: the decoder process's start is in it), and the default local "
+        "job on the end-to-end corpus (6 x 30 s 480p mpeg4). The job's peak RSS is the worker's; the decoder "
+        "process's own is beside it.",
+        "",
+        "| decoding | pipeline.frames wall s | vs before | job wall s | job clips/s | vs before | "
+        "worker peak RSS (MB) | decoder process peak RSS (MB) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for label in trees:
+        m = median[label]
+        job = m["job"]
+        lines.append(
+            f"| {label} | {m['frames']:.2f} | {m['frames'] / base['frames']:.3f} | {job['wall_seconds']:.1f} | "
+            f"{job['clips_per_s']:.3f} | {job['clips_per_s'] / base['job']['clips_per_s']:.3f} | "
+            f"{job['peak_rss_mb']:.0f} | {job.get('children_peak_rss_mb', 0):.0f} |")
     return "\n".join(lines)
 
 
@@ -600,7 +659,7 @@ def shuffle_section(model: str, log: Callable[[str], None]) -> str:
 SECTIONS: dict[str, Callable[..., str]] = {
     "model": model_section, "decode": decode_section, "split": split_section, "pipeline": pipeline_section,
     "search": search_section, "ann": ann_section, "index": index_section,
-    "shuffle": shuffle_section, "precision": precision_section,
+    "shuffle": shuffle_section, "precision": precision_section, "isolation": isolation_section,
 }
 
 

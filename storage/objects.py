@@ -9,6 +9,8 @@ else (503, a reset connection, a timeout) stays what it was: transient, worth a 
 
 from __future__ import annotations
 
+import threading
+import types
 from typing import IO
 
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
@@ -64,3 +66,47 @@ def open_object(uri: str) -> IO[bytes]:
         return FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED)
     except Exception as e:  # every store client has its own types; translate() keeps the ones it does not know
         raise translate(e, uri) from e
+
+
+class _SharedBoto3Session:
+    """Stands in for `boto3.session.Session` inside Beam's S3 client: one session per process.
+
+    Beam's S3 filesystem builds a new S3IO, hence a new boto3 Session, for every call (open, match,
+    size, rename, delete): about 110 ms of CPU each, 27 ms from a session made once (measured), and
+    a job makes dozens of calls, a worker one per video. A boto3 Session is not thread-safe, so
+    clients are made from it under a lock; the clients themselves are.
+    """
+
+    def __init__(self, boto3):
+        self._boto3 = boto3
+        self._session = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> _SharedBoto3Session:  # Session() -> the shared one
+        return self
+
+    def client(self, *args, **kwargs):
+        with self._lock:
+            if self._session is None:
+                self._session = self._boto3.session.Session()
+            return self._session.client(*args, **kwargs)
+
+
+def share_boto3_sessions() -> None:
+    """Makes Beam's S3 client take its boto3 clients from one session per process (see above).
+
+    Beam's `boto3_client` module calls `boto3.session.Session()` once per client and nothing else of
+    boto3; it sees a module whose `session.Session` is the shared session. A no-op without the aws
+    extra, or when done already.
+    """
+    try:
+        from apache_beam.io.aws.clients.s3 import boto3_client
+    except ImportError:
+        return
+    real = getattr(boto3_client, "boto3", None)
+    if real is None or isinstance(getattr(getattr(real, "session", None), "Session", None), _SharedBoto3Session):
+        return
+    boto3_client.boto3 = types.SimpleNamespace(session=types.SimpleNamespace(Session=_SharedBoto3Session(real)))
+
+
+share_boto3_sessions()
