@@ -260,6 +260,8 @@ def e2e_corpus() -> tuple[str, str]:
 
 
 def pipeline_section(model: str, log: Callable[[str], None]) -> str:
+    from benchmarks.decode_throughput import make_source
+
     source, corpus = e2e_corpus()
     log("pipeline: decode-only and model-only references")
     decode = run_json(["benchmarks.decode_throughput", "--source", source, "--tool", "ours"])
