@@ -13,9 +13,11 @@ import sys
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import TestOptions
 
 from pipeline.console import configure_logging
 from pipeline.options import TEXT_INPUT_HELP, TEXT_OUTPUT_HELP, IOOptions, ModelOptions, plan_metadata
+from pipeline.preflight import check_model_handle
 from pipeline.runner import (
     announce,
     check_worker_packaging,
@@ -23,6 +25,7 @@ from pipeline.runner import (
     package_version,
     parse_job_args,
 )
+from storage.lease import LeaseHeldError
 from transforms.inputs import ReadManifestRows, check_input
 from transforms.tables import WriteTables
 from transforms.text import EmbedTexts
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         model.validate_model()
         check_input(opts.input, column="text")
         check_worker_packaging(options)
+        if not options.view_as(TestOptions).dry_run:  # a dry run touches no output and needs no model
+            check_model_handle(model.model)  # before anything under the output prefix is touched
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -73,8 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nS3D text embeddings: {c['texts']} sentences embedded, {c['failed']} failed, "
               f"in {summary['wall_seconds']:.1f}s\n  texts     {summary['tables']['texts']}\n  summary   {path}")
 
-    summary, path = launch(options, opts.output_prefix, TABLES, lambda p, progress: build_pipeline(p, opts, model),
-                           run_metadata(model), extra)
+    try:
+        summary, path = launch(options, opts.output_prefix, TABLES,
+                               lambda p, progress: build_pipeline(p, opts, model), run_metadata(model), extra)
+    except LeaseHeldError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     announce(summary, path, options, print_local)
     return 0
 

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import TestOptions
 
 from decoder import DecodeOptions
 from pipeline.console import configure_logging
@@ -24,6 +25,7 @@ from pipeline.options import (
     ModelOptions,
     plan_metadata,
 )
+from pipeline.preflight import check_model_handle
 from pipeline.report import failure_reasons, print_summary
 from pipeline.runner import (
     announce,
@@ -34,6 +36,7 @@ from pipeline.runner import (
 )
 from s3d.precision import PrecisionPlan
 from storage.layout import table_glob
+from storage.lease import LeaseHeldError
 from storage.runs import split_list
 from transforms.assemble import AssembleVideos
 from transforms.decode import DecodeClips
@@ -134,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             check_input(io.input)
         io.validate_io("a glob of videos or a manifest (or --retry_failures PREFIX)")
         check_worker_packaging(options)
+        if not options.view_as(TestOptions).dry_run:  # a dry run touches no output and needs no model
+            check_model_handle(model.model)  # before anything under the output prefix is touched
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -157,9 +162,13 @@ def main(argv: list[str] | None = None) -> int:
             "failure_reasons": failure_reasons(io.output_prefix),
         }
 
-    summary, path = launch(options, io.output_prefix, TABLES,
-                           lambda p, progress: build_pipeline(p, io, opts, model, decode, progress, plan),
-                           run_metadata(decode, model, plan), extra, show_progress=True)
+    try:
+        summary, path = launch(options, io.output_prefix, TABLES,
+                               lambda p, progress: build_pipeline(p, io, opts, model, decode, progress, plan),
+                               run_metadata(decode, model, plan), extra, show_progress=True)
+    except LeaseHeldError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     announce(summary, path, options, print_summary)
     return 0
 

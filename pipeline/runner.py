@@ -28,6 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 from pipeline.options import IOOptions, ModelOptions, runs_locally
 from pipeline.progress import ProgressDisplay
 from storage.layout import read_summary, summary_path, table_glob
+from storage.lease import acquire, hand_to_job, release
 from storage.paths import is_local
 from transforms.progress import ProgressLog
 from transforms.tables import utc_now, write_summary
@@ -89,6 +90,38 @@ def clear_previous_run(output_prefix: str, tables: tuple[str, ...]) -> int:
     if deleted:
         log.info("replaced an earlier run under %s (%d paths deleted)", output_prefix, deleted)
     return deleted
+
+
+def _job_id(result) -> str | None:
+    """A submitted remote job's id (None locally, or for a staged template)."""
+    job_id = getattr(result, "job_id", None)
+    try:
+        return job_id() if callable(job_id) and getattr(result, "has_job", False) else None
+    except Exception:  # noqa: BLE001 - no job: nothing to hand the lease to
+        return None
+
+
+def _project_region(options: PipelineOptions) -> tuple[str, str]:
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    gcp = options.view_as(GoogleCloudOptions)
+    return gcp.project or "", gcp.region or ""
+
+
+def dataflow_job_state(options: PipelineOptions):
+    """A lookup of a Dataflow job's state through Dataflow's API (None when it cannot be reached)."""
+
+    def state(project: str, region: str, job_id: str) -> str | None:
+        try:
+            from apache_beam.runners.dataflow.internal import apiclient
+
+            job = apiclient.DataflowApplicationClient(options).get_job(job_id)
+            return str(job.currentState).rsplit(".", 1)[-1]
+        except Exception as e:  # noqa: BLE001 - offline, no credentials: the holder cannot be checked
+            log.info("cannot look up Dataflow job %s: %s", job_id, e)
+            return None
+
+    return state
 
 
 def counters(result) -> dict[str, int]:
@@ -222,16 +255,26 @@ def launch(
         build(p, ProgressLog())
         p.run()
         return {**metadata, "status": "dry_run"}, ""
-    clear_previous_run(output_prefix, tables)
-    p = create_pipeline(options)
-    with _progress(show_progress and runs_locally(options)) as progress:
-        build(p, progress)
-        result = p.run()  # the local runner returns when the job is done
-    if not runs_locally(options) and (not options.view_as(IOOptions).wait or not getattr(result, "has_job", True)):
-        # A Flex Template launch (or --template_location) stages the job and has no job to wait
-        # for: the result's has_job is False and waiting or querying metrics would raise.
-        return {**metadata, "status": "submitted"}, summary_path(output_prefix)
-    result.wait_until_finish()
+    # The prefix's lease first (never two live runs on one prefix), then the earlier run's files go.
+    lease = acquire(output_prefix, None if runs_locally(options) else dataflow_job_state(options))
+    try:
+        clear_previous_run(output_prefix, tables)
+        p = create_pipeline(options)
+        with _progress(show_progress and runs_locally(options)) as progress:
+            build(p, progress)
+            result = p.run()  # the local runner returns when the job is done
+        job_id = _job_id(result)
+        if job_id is not None:  # the job holds the prefix now, whatever becomes of this launcher
+            lease = hand_to_job(lease, *_project_region(options), job_id)
+        if not runs_locally(options) and (not options.view_as(IOOptions).wait or not getattr(result, "has_job", True)):
+            # A Flex Template launch (or --template_location) stages the job and has no job to wait
+            # for: the result's has_job is False and waiting or querying metrics would raise.
+            lease = None  # kept by the job (or by a staged template: its launch replaces it)
+            return {**metadata, "status": "submitted"}, summary_path(output_prefix)
+        result.wait_until_finish()
+    finally:
+        if lease is not None:
+            release(lease)
     counts = counters(result)
     # The graph wrote the summary when the tables were final; add what only the launcher knows.
     summary = read_summary(output_prefix) or {**metadata, "status": "complete", "output_prefix": output_prefix}

@@ -212,3 +212,31 @@ def test_a_default_socket_timeout_does_not_reach_the_pipe(videos):
             assert len(list(decoder.reader(videos["good"], OPTIONS))) == 8
     finally:
         socket.setdefaulttimeout(before)
+
+
+def test_a_decoder_process_dies_with_its_parent_even_when_it_hangs(videos, tmp_path):
+    """A launcher killed with -9 leaves no decoder behind, though its child blocks in native code."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys\n"
+        "from decoder import DecodeOptions\n"
+        "from decoder.process import DecoderProcess\n"
+        "d = DecoderProcess()\n"
+        "clips = iter(d.reader(sys.argv[1], DecodeOptions(fps=10, frames_per_clip=8, size=32)))\n"
+        "next(clips)\n"
+        "print(d.pid, flush=True)\n"
+        "next(clips)\n")  # the child hangs after the first clip: this waits for an hour
+    env = dict(os.environ, **{FAULT_ENV: "hang:bad.mp4"})
+    parent = subprocess.Popen([sys.executable, str(script), videos["bad"]], stdout=subprocess.PIPE, env=env,
+                              cwd=os.getcwd())
+    child = int(parent.stdout.readline())
+    assert _alive(child)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)

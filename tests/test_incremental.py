@@ -253,7 +253,7 @@ def _final_files(prefix: str) -> list[str]:
     return found
 
 
-def test_a_killed_run_leaves_nothing_final_and_the_next_run_completes(tmp_path, standin_dir):
+def test_a_killed_run_leaves_nothing_final_and_the_next_run_completes(tmp_path, standin_dir, capsys):
     many = [write_video(str(tmp_path / f"k{i}.mp4"), 60, fps=10, width=64, height=48) for i in range(8)]
     m = manifest(tmp_path / "m.txt", many)
     prefix = str(tmp_path / "out")
@@ -270,15 +270,25 @@ def test_a_killed_run_leaves_nothing_final_and_the_next_run_completes(tmp_path, 
         time.sleep(0.05)
     assert proc.poll() is None, "the job finished before it could be killed; give it more work"
     assert temp_seen
+    # A second launch on the prefix while the first runs: refused, naming the holder, and nothing touched.
+    temp_before = sorted(os.listdir(os.path.join(prefix, "clips")))
+    capsys.readouterr()
+    assert extract.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"in use by a live run: process {proc.pid} on " in err and len(err.strip().splitlines()) == 1
+    assert set(temp_before) <= set(os.listdir(os.path.join(prefix, "clips")))  # the first run's files are there
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert _final_files(prefix) == []
     assert read_summary(prefix) is None
-    assert extract.main(args) == 0
+    lease = json.load(open(os.path.join(prefix, "_lease.json")))
+    assert lease["pid"] == proc.pid  # the dead run's lease is left behind, stale
+    assert extract.main(args) == 0  # and taken over
     assert len(rows(prefix, "videos")) == 8 and read_summary(prefix)["status"] == "complete"
     leftovers = [n for t in ("clips", "videos", "failures") for n in os.listdir(os.path.join(prefix, t))
                  if n.startswith("beam-temp")]
     assert leftovers == []
+    assert not os.path.exists(os.path.join(prefix, "_lease.json"))  # given back at the end
 
 
 def test_retry_options_are_checked(tmp_path, capsys):
