@@ -119,18 +119,21 @@ def _write(prefix: str, holder: dict[str, Any], exclusive: bool) -> bool:
     if is_local(prefix):
         local = local_path(path)
         os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+        if not exclusive:
+            from storage.objects import write_object
+
+            write_object(path, data, "application/json")
+            return True
         try:
-            fd = os.open(local, flags, 0o644)
+            fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         return True
-    from apache_beam.io.filesystems import FileSystems
+    from storage.objects import write_object
 
-    with FileSystems.create(path, mime_type="application/json") as f:
-        f.write(data)
+    write_object(path, data, "application/json")
     return True
 
 

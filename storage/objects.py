@@ -9,12 +9,18 @@ else (503, a reset connection, a timeout) stays what it was: transient, worth a 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
 import threading
 import types
 from typing import IO
 
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+
+from storage.paths import is_local, local_path
 
 # What a store answers for a request that will never succeed as it is (HTTP statuses and S3's error
 # codes, compared as text: clients carry them as int or str).
@@ -107,6 +113,56 @@ def share_boto3_sessions() -> None:
     if real is None or isinstance(getattr(getattr(real, "session", None), "Session", None), _SharedBoto3Session):
         return
     boto3_client.boto3 = types.SimpleNamespace(session=types.SimpleNamespace(Session=_SharedBoto3Session(real)))
+
+
+
+# ---- whole objects, written so a reader never sees half of one ------------------------------------
+
+
+def write_object(uri: str, data: bytes, mime_type: str = "application/octet-stream") -> str:
+    """Writes `data` as the object at `uri`, all or nothing: on local disk a temporary file beside it
+    renamed over it (atomic on POSIX); on an object store one upload, visible when it completes."""
+    if is_local(uri):
+        target = local_path(uri)
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".part",
+                                   dir=os.path.dirname(target) or ".")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
+        return uri
+    with FileSystems.create(uri, mime_type=mime_type) as f:
+        f.write(data)
+    return uri
+
+
+def copy_object(source: str, destination: str, chunk: int = 8 << 20) -> str:
+    """Copies one object or file to another place, local or remote, all or nothing as `write_object`
+    (streamed: the object is never held in memory whole)."""
+    if is_local(destination):
+        target = local_path(destination)
+        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".part",
+                                   dir=os.path.dirname(target) or ".")
+        try:
+            with (open(local_path(source), "rb") if is_local(source) else open_object(source)) as src, \
+                    os.fdopen(fd, "wb") as dst:
+                shutil.copyfileobj(src, dst, chunk)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            raise
+        return destination
+    with (open(local_path(source), "rb") if is_local(source) else open_object(source)) as src, \
+            FileSystems.create(destination) as dst:
+        shutil.copyfileobj(src, dst, chunk)
+    return destination
 
 
 share_boto3_sessions()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -91,3 +93,35 @@ def test_the_summary_counts_rows_from_the_final_tables_not_from_what_the_finaliz
     only_the_second = [("failures", f"{table_prefix(prefix, 'failures')}-00001-of-00002.parquet")]
     summary = json.loads(open(writer._write_summary(only_the_second, ["failures"])).read())
     assert summary["rows"] == {"failures": 7} and summary["counts"] == {"videos_failed": 7}
+
+
+# ---- whole objects (storage.objects.write_object, copy_object) ------------------------------------
+
+
+def test_a_whole_object_replaces_the_old_one_at_once_or_not_at_all(tmp_path, monkeypatch, gcs_store):
+    from storage import objects
+    from storage.objects import copy_object, open_object, write_object
+
+    target = tmp_path / "d" / "summary.json"
+    write_object(str(target), b"first")
+    source = tmp_path / "big.bin"
+    source.write_bytes(b"x" * (3 << 20))
+
+    def broken_copy(src, dst, chunk):  # the copy dies half way (a disk full, a reset connection)
+        dst.write(src.read(1 << 20))
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(objects.shutil, "copyfileobj", broken_copy)
+    with pytest.raises(OSError, match="no space"):
+        copy_object(str(source), str(target))
+    assert target.read_bytes() == b"first" and os.listdir(target.parent) == ["summary.json"]  # no .part left
+    monkeypatch.undo()
+    copy_object(str(source), str(target))
+    assert target.read_bytes() == source.read_bytes()
+    # On a store: written and copied whole, both ways.
+    remote = gcs_store.root("whole") + "/summary.json"
+    write_object(remote, b"on the store")
+    with open_object(remote) as f:
+        assert f.read() == b"on the store"
+    copy_object(remote, str(tmp_path / "back.json"))
+    assert (tmp_path / "back.json").read_bytes() == b"on the store"

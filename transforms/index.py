@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -22,11 +21,10 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from storage.layout import EMBEDDING, LEVEL_COLUMNS
-from storage.paths import is_local, local_path
+from storage.objects import copy_object
 from transforms.records import NAMESPACE
 from transforms.tables import open_parquet
 from vector_index import library
@@ -157,20 +155,11 @@ class BuildShardFn(beam.DoFn):
                            row_group_size=LOCATOR_ROW_GROUP)
             for suffix, path in local.items():
                 size, sha = file_digest(path)
-                _copy_out(path, shard_path(self._index_dir, spec.name, suffix))
+                copy_object(path, shard_path(self._index_dir, spec.name, suffix))
                 files[suffix] = {"bytes": size, "sha256": sha}
         return {"name": spec.name, "features": spec.features, "rows": int(index.ntotal), "files": files}
 
 
-def _copy_out(source: str, destination: str) -> None:
-    if is_local(destination):
-        target = local_path(destination)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.copyfile(source, target + ".part")
-        os.replace(target + ".part", target)
-        return
-    with open(source, "rb") as src, FileSystems.create(destination) as dst:
-        shutil.copyfileobj(src, dst, 8 << 20)
 
 
 class WriteManifestFn(beam.DoFn):

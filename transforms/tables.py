@@ -15,11 +15,10 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 
 from s3d.architecture import EMBEDDING_DIM, MIXED_5C_DIM
 from storage.layout import summary_path, table_files, table_glob, table_prefix
-from storage.objects import open_object
+from storage.objects import open_object, write_object
 from storage.paths import is_local, local_path
 from storage.runs import METADATA_KEY
 from transforms.records import NAMESPACE
@@ -144,10 +143,8 @@ def count_rows(paths: list[str]) -> int:
 
 def write_summary(output_prefix: str, summary: dict[str, Any]) -> str:
     """Writes the run summary (PREFIX/run_summary.json) on any Beam filesystem; returns its path."""
-    path = summary_path(output_prefix)
-    with FileSystems.create(path, mime_type="application/json") as f:
-        f.write(json.dumps(summary, indent=2, sort_keys=True, default=str).encode("utf-8"))
-    return path
+    data = json.dumps(summary, indent=2, sort_keys=True, default=str).encode("utf-8")
+    return write_object(summary_path(output_prefix), data, "application/json")  # never half a summary
 
 
 class CountRows(beam.PTransform):

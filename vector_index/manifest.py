@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
-from storage.objects import open_object
-from storage.paths import is_local, local_path
+from storage.objects import open_object, write_object
 from storage.runs import comparable
 
 FORMAT = 1
@@ -98,19 +95,7 @@ def read_manifest(index_dir: str) -> Manifest | None:
 
 def write_manifest(index_dir: str, manifest: Manifest) -> str:
     """Writes the manifest in one step: a local file is replaced atomically, an object written whole."""
-    path = manifest_path(index_dir)
-    data = manifest.to_json().encode("utf-8")
-    if is_local(path):
-        local = local_path(path)
-        os.makedirs(os.path.dirname(local), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".index-", dir=os.path.dirname(local))
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, local)
-    else:
-        with FileSystems.create(path) as f:  # an object store's upload becomes visible when it completes
-            f.write(data)
-    return path
+    return write_object(manifest_path(index_dir), manifest.to_json().encode("utf-8"), "application/json")
 
 
 def file_digest(path: str, chunk: int = 8 << 20) -> tuple[int, str]:

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from storage.layout import LEVEL_COLUMNS
-from storage.objects import open_object
+from storage.objects import copy_object
 from storage.paths import is_local, local_path
 from vector_index import library
 from vector_index.manifest import IndexDamaged, IndexProblem, Manifest, file_digest, read_manifest, shard_path
@@ -96,9 +96,7 @@ class IndexSearcher:
             if not os.path.exists(path) or os.path.getsize(path) != expected["bytes"]:
                 if not FileSystems.exists(source):
                     raise IndexDamaged(f"{source} is missing: rebuild the index, or search exactly with --exact")
-                with open_object(source) as src, open(path + ".part", "wb") as dst:
-                    shutil.copyfileobj(src, dst, 8 << 20)
-                os.replace(path + ".part", path)
+                copy_object(source, path)
         size, sha = file_digest(path)
         if (size, sha) != (expected["bytes"], expected["sha256"]):
             raise IndexDamaged(f"{source} is damaged: {size} bytes with sha256 {sha[:12]}..., the manifest says "
