@@ -22,6 +22,17 @@ Composer: the environment's variables; the DAG file may be all a Composer bucket
                     without a worker image (the job refuses to start without one or the other)
     S3D_DEFERRABLE  "true": Dataflow runs free their worker slot while the job runs (needs a
                     triggerer); local runs are never deferred
+    S3D_START_DATE  the first day the schedule covers, YYYY-MM-DD (default 2026-11-01)
+
+Missed days, retries and time limits (the policy; tests/test_dag.py checks each):
+- catchup=True with max_active_runs=1: a day the scheduler missed (Airflow down, the DAG
+  paused) is run later, oldest first, one at a time; none is skipped silently. Set
+  S3D_START_DATE to the first day you want processed, or the DAG backfills from the default.
+- extract: 2 retries, 15 minutes apart, doubling. A retry is safe: the job takes a lease on
+  its prefix, so a retry while the first Dataflow job still runs refuses (naming it) instead of
+  starting a duplicate, and a retry after it ended replaces its output.
+- extract: execution_timeout 20 hours, so a day's run ends (and is retried) before the next
+  day's is due; check_failure_rate: no retry (a retry gives the same answer), 30 minutes at most.
 """
 
 from __future__ import annotations
@@ -49,6 +60,12 @@ def _required_setting(name: str, example: str) -> str:
 S3D_PYTHON = _required_setting("S3D_PYTHON", "/opt/s3d/.venv/bin/python")
 S3D_SETUP_FILE = os.environ.get("S3D_SETUP_FILE", "").strip()
 S3D_DEFERRABLE = os.environ.get("S3D_DEFERRABLE", "").strip().lower() in ("1", "true", "yes")
+S3D_START_DATE = pendulum.parse(os.environ.get("S3D_START_DATE", "").strip() or "2026-11-01", tz="UTC")
+
+EXTRACT_RETRIES = 2
+EXTRACT_RETRY_DELAY = datetime.timedelta(minutes=15)
+EXTRACT_TIMEOUT = datetime.timedelta(hours=20)
+CHECK_TIMEOUT = datetime.timedelta(minutes=30)
 
 PARAMS = {
     "manifest_root": Param("gs://my-bucket/manifests", type="string",
@@ -73,7 +90,18 @@ PARAMS = {
     "temp_location": Param("gs://my-bucket/tmp", type="string"),
     "worker_image": Param("", type="string", description="sdk_container_image (empty: ship setup.py)"),
     "inference_accelerator": Param("", type="string",
-                                   description="e.g. type:nvidia-tesla-t4;count:1;install-nvidia-driver"),
+                                   description="GPUs on the inference step only (shuffles every clip to them; "
+                                   "see the README's cost table), e.g. type:nvidia-tesla-t4;count:1;install-nvidia-driver"),
+    "dataflow_service_options": Param("", type="string",
+                                      description="GPUs on every worker, no shuffle (the cheaper route at scale), e.g. "
+                                      "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"),
+    "machine_type": Param("", type="string", description="worker machine type, e.g. g2-standard-8 for an L4; "
+                          "empty: Dataflow's default"),
+    "disk_size_gb": Param("", type="string", pattern=r"^(\d+)?$",
+                          description="worker boot disk in GB; 50 on GPU routes (GPU images are several GB, "
+                          "the default batch disk is 25 GB); empty: Dataflow's default"),
+    "batch_size": Param("", type="string", pattern=r"^(\d+)?$",
+                        description="clips per inference batch (the job's --batch_size); empty: its default"),
 }
 
 
@@ -94,6 +122,10 @@ PIPELINE_OPTIONS = {
     "skip_done": "{{ params.skip_done }}",
     "precision": "{{ params.precision }}",
     "inference_accelerator": "{{ params.inference_accelerator }}",
+    "dataflow_service_options": "{{ params.dataflow_service_options if params.runner == 'DataflowRunner' else '' }}",
+    "machine_type": "{{ params.machine_type if params.runner == 'DataflowRunner' else '' }}",
+    "disk_size_gb": "{{ params.disk_size_gb if params.runner == 'DataflowRunner' else '' }}",
+    "batch_size": "{{ params.batch_size }}",
     "temp_location": "{{ params.temp_location if params.runner == 'DataflowRunner' else '' }}",
     "sdk_container_image": "{{ params.worker_image }}",
     "setup_file": "{{ '' if params.worker_image else " + json.dumps(S3D_SETUP_FILE) + " }}",
@@ -122,8 +154,8 @@ with DAG(
     dag_id="s3d_daily_extract",
     description="Daily S3D MIL-NCE feature extraction with a failure-rate check",
     schedule=CronTriggerTimetable("@daily", timezone="UTC"),
-    start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
-    catchup=False,
+    start_date=S3D_START_DATE,
+    catchup=True,  # missed days run later, oldest first (the module's text)
     max_active_runs=1,
     params=PARAMS,
     user_defined_macros={"processing_day": processing_day},
@@ -144,6 +176,10 @@ with DAG(
             wait_until_finished=True,
         ),
         deferrable=S3D_DEFERRABLE,
+        retries=EXTRACT_RETRIES,
+        retry_delay=EXTRACT_RETRY_DELAY,
+        retry_exponential_backoff=True,
+        execution_timeout=EXTRACT_TIMEOUT,
     )
 
     # The check runs in the project's environment and reads the run through the project's own
@@ -154,6 +190,8 @@ with DAG(
         '--output_prefix "$OUTPUT_PREFIX" --max_failure_rate "$MAX_FAILURE_RATE"',
         env={"OUTPUT_PREFIX": OUTPUT_PREFIX, "MAX_FAILURE_RATE": "{{ params.max_failure_rate }}"},
         append_env=True,
+        retries=0,
+        execution_timeout=CHECK_TIMEOUT,
     )
 
     extract >> check

@@ -194,3 +194,38 @@ def test_deferrable_applies_to_dataflow_runs_only(dag, monkeypatch):
         op.deferrable, op.runner = True, runner
         op.execute({})
     assert seen == [False, True]
+
+
+def test_missed_days_are_run_later_oldest_first(dag):
+    """catchup: after a last run for 2026-11-20, the scheduler's next run is the next day, not today."""
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.base import DataInterval, TimeRestriction
+
+    last = datetime.datetime(2026, 11, 21, tzinfo=UTC)  # the run that processed 2026-11-20
+    info = coerce_to_core_timetable(dag.timetable).next_dagrun_info(
+        last_automated_data_interval=DataInterval(last, last),
+        restriction=TimeRestriction(earliest=dag.start_date, latest=None, catchup=dag.catchup),
+    )
+    assert info.logical_date == datetime.datetime(2026, 11, 22, tzinfo=UTC)
+    assert dag.max_active_runs == 1  # one day at a time
+
+
+def test_retries_and_time_limits(dag):
+    extract, check = dag.get_task("extract"), dag.get_task("check_failure_rate")
+    assert extract.retries == 2 and extract.retry_delay == datetime.timedelta(minutes=15)
+    assert extract.retry_exponential_backoff
+    # A day's run ends, and its retries start, before the next day's run is due.
+    assert extract.execution_timeout == datetime.timedelta(hours=20) < datetime.timedelta(days=1)
+    assert check.retries == 0 and check.execution_timeout == datetime.timedelta(minutes=30)
+
+
+def test_the_shuffle_free_gpu_route_and_its_disk_are_parameters(dag):
+    run = SimpleNamespace(logical_date=None, run_after=datetime.datetime(2026, 11, 26, tzinfo=UTC))
+    gpu = {"runner": "DataflowRunner", "machine_type": "g2-standard-8", "disk_size_gb": "50", "batch_size": "8",
+           "dataflow_service_options": "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"}
+    options, _, runner = _render(dag, run, **gpu)
+    assert runner == "DataflowRunner"
+    assert {k: options[k] for k in gpu if k != "runner"} == {k: v for k, v in gpu.items() if k != "runner"}
+    assert options["inference_accelerator"] == ""  # no fusion break, no shuffle of clips
+    local, _, _ = _render(dag, run, **{**gpu, "runner": "DirectRunner"})
+    assert local["machine_type"] == local["disk_size_gb"] == local["dataflow_service_options"] == ""
