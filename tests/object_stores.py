@@ -36,6 +36,7 @@ class Store:
     scheme: str
     beam_args: list[str]
     env: dict[str, str]  # what a subprocess job needs in its environment
+    faults: Faults | None = None  # the GCS emulator's front door (tests/test_incremental.py)
 
     def root(self, name: str = "") -> str:
         """A new, empty prefix on the store."""
@@ -86,8 +87,98 @@ def _service_account_file(token_uri: str) -> str:
     return path
 
 
+class Faults:
+    """What the store's front door does wrong on purpose: for media reads of objects whose name holds
+    some text, answer 503, or reset the connection half way through the body. Thread-safe."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._rules: list[list] = []  # [text, kind, times left]
+        self.served: dict[str, int] = {}  # kind -> faults served
+
+    def add(self, text: str, kind: str, times: int) -> None:
+        assert kind in ("503", "reset")
+        with self._lock:
+            self._rules.append([text, kind, times])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rules.clear()
+            self.served.clear()
+
+    def take(self, path: str) -> str | None:
+        """The fault for this request, if any (and one fewer left)."""
+        if "alt=media" not in path:
+            return None
+        from urllib.parse import unquote
+
+        with self._lock:
+            for rule in self._rules:
+                if rule[0] in unquote(path) and rule[2] > 0:
+                    rule[2] -= 1
+                    self.served[rule[1]] = self.served.get(rule[1], 0) + 1
+                    return rule[1]
+        return None
+
+
+def _front_door(upstream: int, faults: Faults) -> ThreadingHTTPServer:
+    """An HTTP proxy on 127.0.0.1 in front of the emulator: every request passes through unchanged,
+    but for the faults asked for (a real 503 on the wire, a real reset of the TCP connection), and
+    the emulator's address in its JSON (media links) becomes the door's."""
+    import http.client
+    import struct
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _forward(self):
+            fault = faults.take(self.path)
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+            if fault == "503":
+                error = json.dumps({"error": {"code": 503, "message": "backend unavailable (injected)"}}).encode()
+                self.send_response(503)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(error)))
+                self.end_headers()
+                self.wfile.write(error)
+                return
+            conn = http.client.HTTPConnection("127.0.0.1", upstream, timeout=60)
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            conn.request(self.command, self.path, body=body or None, headers=headers)
+            reply = conn.getresponse()
+            data = reply.read()
+            conn.close()
+            if "json" in (reply.getheader("Content-Type") or ""):  # media links name the door, not the emulator
+                data = data.replace(f"127.0.0.1:{upstream}".encode(), f"127.0.0.1:{self.server.server_port}".encode())
+            self.send_response(reply.status)
+            for k, v in reply.getheaders():
+                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if fault == "reset":  # half the body, then a TCP reset (SO_LINGER 0), as a dropped connection
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
+                self.close_connection = True
+                return
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forward  # noqa: N815 (http.server's names)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def start_gcs():
-    """(Store, stop): the emulator with BUCKET, and the environment that reaches it, set in this process."""
+    """(Store, stop): the emulator with BUCKET behind a front door that can inject faults (Store.faults),
+    and the environment that reaches it, set in this process."""
     import logging
 
     from gcp_storage_emulator.server import create_server
@@ -98,8 +189,10 @@ def start_gcs():
     port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
     server.start()
+    faults = Faults()
+    door = _front_door(port, faults)
     env = {
-        "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}",
+        "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{door.server_address[1]}",
         "GOOGLE_APPLICATION_CREDENTIALS": _service_account_file(f"http://127.0.0.1:{tokens.server_address[1]}/token"),
         "GOOGLE_CLOUD_PROJECT": "s3d-tests",
         "NO_GCE_CHECK": "true",
@@ -107,11 +200,12 @@ def start_gcs():
     os.environ.update(env)
 
     def stop():
+        door.shutdown()
         server.stop()
         tokens.shutdown()
         os.unlink(env["GOOGLE_APPLICATION_CREDENTIALS"])
 
-    return Store("gs", [], env), stop
+    return Store("gs", [], env, faults), stop
 
 
 def _wait_for_port(port: int, process, seconds: float = 60) -> None:

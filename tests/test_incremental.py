@@ -215,6 +215,24 @@ def test_transient_errors_are_retried_and_permanent_ones_are_not(videos, standin
     assert read_summary(prefix)["counts"]["io_retries"] == 1
 
 
+@pytest.mark.parametrize("kind", ["503", "reset"])
+def test_the_stores_own_503s_and_reset_connections_are_retried(videos, standin_dir, gcs_store, tmp_path, kind):
+    """Faults on the wire, from the server's front door (tests/object_stores.py): two 503 answers, or two
+    connections reset half way through the body, on the video's reads; the video still decodes."""
+    root = gcs_store.root("wire")
+    video = gcs_store.upload(videos[0], f"{root}/w.mp4")
+    gcs_store.faults.clear()
+    gcs_store.faults.add(video.split("/", 3)[3], kind, 2)
+    prefix = str(tmp_path / "out")
+    try:
+        assert extract.main(["--input", manifest(tmp_path / "m.txt", [video]), "--output_prefix", prefix,
+                             "--model", standin_dir, *FAST]) == 0
+        assert gcs_store.faults.served == {kind: 2}  # the faults really reached the client
+    finally:
+        gcs_store.faults.clear()
+    assert [r["uri"] for r in rows(prefix, "videos")] == [video] and rows(prefix, "failures") == []
+
+
 def test_a_transient_error_that_persists_becomes_a_transient_failure(videos, standin_dir, gcs_store, tmp_path):
     video = gcs_store.upload(videos[2], f"{gcs_store.root('flaky')}/v2.mp4")
     FlakyGcs.failures_left = {video: 100}
