@@ -373,6 +373,30 @@ def isolation_section(model: str, log: Callable[[str], None]) -> str:
     return "\n".join(lines)
 
 
+def launch_section(model: str, log: Callable[[str], None]) -> str:
+    """--skip_done over 30 earlier runs of 100 shards each, on the GCS emulator."""
+    del model
+    log("launch: 30 earlier runs of 100 shards on the GCS emulator, --skip_done")
+    r = run_json(["benchmarks.launch_skip_done", "--runs", "30", "--shards", "100", "--rounds", "3"])
+    per_run, every = r["one footer per run"], r["every shard's footer"]
+    return "\n".join([
+        "## A launch with --skip_done over many earlier runs (GCS emulator)",
+        "",
+        f"`python -m benchmarks.launch_skip_done`: {r['runs']} earlier runs of {r['shards']} `videos` files each "
+        "on the GCS emulator the tests use (127.0.0.1, behind their front door, which counts the HTTP requests). "
+        "What the launcher does with `--skip_done` over all of them: a listing and one footer per run "
+        "(`matching_table_files`), against every shard's footer read one by one; alternated, median of 3.",
+        "",
+        "| launcher work | seconds | HTTP requests |",
+        "| --- | --- | --- |",
+        f"| a listing and one footer per run (the launcher) | {per_run['seconds']:.2f} | {per_run['requests']} |",
+        f"| every shard's footer | {every['seconds']:.2f} | {every['requests']} |",
+        "",
+        f"Every shard's footer / one per run: {r['ratio']:.1f}x the time. The launcher's cost grows with the "
+        "number of earlier runs, not of their files (one listing page covers 1,000 names).",
+    ])
+
+
 def converted_checkpoint(directory: str) -> str | None:
     """A random PyTorch S3D saved in the authors' checkpoint layout and converted (s3d.convert); None without torch."""
     output = os.path.join(directory, "converted")
@@ -662,6 +686,7 @@ SECTIONS: dict[str, Callable[..., str]] = {
     "model": model_section, "decode": decode_section, "split": split_section, "pipeline": pipeline_section,
     "search": search_section, "ann": ann_section, "index": index_section,
     "shuffle": shuffle_section, "precision": precision_section, "isolation": isolation_section,
+    "launch": launch_section,
 }
 
 

@@ -95,6 +95,7 @@ class Faults:
         self._lock = threading.Lock()
         self._rules: list[list] = []  # [text, kind, times left]
         self.served: dict[str, int] = {}  # kind -> faults served
+        self.requests = 0  # every request through the door (benchmarks count a launch's requests)
 
     def add(self, text: str, kind: str, times: int) -> None:
         assert kind in ("503", "reset")
@@ -108,6 +109,8 @@ class Faults:
 
     def take(self, path: str) -> str | None:
         """The fault for this request, if any (and one fewer left)."""
+        with self._lock:
+            self.requests += 1
         if "alt=media" not in path:
             return None
         from urllib.parse import unquote
