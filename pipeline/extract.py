@@ -42,7 +42,7 @@ from transforms.assemble import AssembleVideos
 from transforms.decode import DecodeClips
 from transforms.incremental import ReadFailuresAsInput, SkipDone, matching_table_files
 from transforms.inference import Embed
-from transforms.inputs import ReadVideoRequests, check_input
+from transforms.inputs import ReadVideoRequests, check_input, count_inputs
 from transforms.progress import CountToDo, ProgressLog
 from transforms.records import python_version
 from transforms.split import SplitLongVideos
@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary, path = launch(options, io.output_prefix, TABLES,
                                lambda p, progress: build_pipeline(p, io, opts, model, decode, progress, plan),
-                               run_metadata(decode, model, plan), extra, show_progress=True)
+                               run_metadata(decode, model, plan), extra, show_progress=True,
+                               expected=None if opts.retry_failures else lambda: count_inputs(io.input))
     except LeaseHeldError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

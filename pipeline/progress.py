@@ -45,9 +45,17 @@ class _Rate:
 
 def progress_line(counts: dict[str, int], clips_per_s: float | None, videos_per_s: float | None,
                   final: bool = False) -> str:
-    """One line: videos done of the total (or 'counting'), clips and their rate, failures, ETA."""
+    """One line: videos done of the total (or 'counting'), clips and their rate, failures, ETA.
+
+    Until the graph has counted the videos to do (`total`), the launcher's count of the inputs
+    (`expected`, an upper bound: duplicates and --skip_done come off) stands in, shown as ~N.
+    """
     done, total = counts.get("video", 0), counts.get("total")
-    parts = [f"videos {done}/{total}" if total is not None else f"videos {done}/counting"]
+    shown = str(total)
+    if total is None and counts.get("expected") is not None:
+        total = counts["expected"]
+        shown = f"~{total}"
+    parts = [f"videos {done}/{shown}" if total is not None else f"videos {done}/counting"]
     rate = f" ({clips_per_s:.2f}/s)" if clips_per_s is not None else ""
     parts.append(f"clips {counts.get('clips', 0)}{rate}")
     parts.append(f"failures {counts.get('failed', 0)}")

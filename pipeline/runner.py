@@ -220,15 +220,19 @@ def announce(summary: dict[str, Any], path: str, options: PipelineOptions, print
 
 
 @contextlib.contextmanager
-def _progress(show: bool) -> Iterator[ProgressLog]:
-    """A ProgressLog the steps write to, shown live while the block runs (or a silent one)."""
+def _progress(show: bool, expected: int | None = None) -> Iterator[ProgressLog]:
+    """A ProgressLog the steps write to, shown live while the block runs (or a silent one);
+    `expected`, the launcher's count of the inputs, is there before the first draw."""
     if not show:
         yield ProgressLog()
         return
     directory = tempfile.mkdtemp(prefix="s3d-progress-")
     try:
+        log_ = ProgressLog(directory)
+        if expected is not None:
+            log_.add("expected", expected)
         with ProgressDisplay(directory):
-            yield ProgressLog(directory)
+            yield log_
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -241,11 +245,13 @@ def launch(
     metadata: dict[str, Any],
     extra: Callable[[dict[str, int]], dict[str, Any]],
     show_progress: bool = False,
+    expected: Callable[[], int | None] | None = None,
 ) -> tuple[dict[str, Any], str]:
     """Clears the prefix, runs the graph `build` adds, and writes the run summary last.
 
     `build(p, progress)` adds the graph; its steps report to `progress`, which the launcher
-    shows live on local runs when `show_progress`. `extra(counters)` adds the job's own
+    shows live on local runs when `show_progress`, with `expected()` (the inputs counted at
+    launch) as the total until the graph has counted the videos to do. `extra(counters)` adds the job's own
     entries (counts, failure reasons) to the summary. Returns the summary and its path.
     """
     watch, started = Stopwatch(), utc_now()
@@ -260,7 +266,8 @@ def launch(
     try:
         clear_previous_run(output_prefix, tables)
         p = create_pipeline(options)
-        with _progress(show_progress and runs_locally(options)) as progress:
+        show = show_progress and runs_locally(options)
+        with _progress(show, expected() if show and expected is not None else None) as progress:
             build(p, progress)
             result = p.run()  # the local runner returns when the job is done
         job_id = _job_id(result)

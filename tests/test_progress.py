@@ -55,6 +55,33 @@ def test_the_line_counts_until_the_total_is_known_then_gives_an_eta():
     assert progress_line({"total": 3, "video": 3}, 1.0, 1.0, final=True).endswith("| done")
 
 
+def test_the_inputs_counted_at_launch_give_a_total_and_an_eta_before_the_graph_counts():
+    # 200 one-clip videos, 10 done at 0.5 videos/s: ETA of the 190 left, from the launcher's count.
+    line = progress_line({"expected": 200, "video": 10, "clips": 10}, 0.5, 0.5)
+    assert line == "videos 10/~200 | clips 10 (0.50/s) | failures 0 | ETA 6m20s"
+    # The graph's count (after duplicates and --skip_done) replaces it when it comes.
+    assert progress_line({"expected": 200, "total": 150, "video": 10}, 0.5, 0.5).startswith("videos 10/150 |")
+
+
+def test_the_launcher_counts_every_kind_of_input(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from transforms.inputs import count_inputs
+
+    for i in range(3):
+        (tmp_path / f"v{i}.mp4").write_bytes(b"x")
+    assert count_inputs(str(tmp_path / "*.mp4")) == 3
+    (tmp_path / "m.txt").write_text("a.mp4\n\n# a comment\nb.mp4\n")
+    assert count_inputs(str(tmp_path / "m.txt")) == 2
+    (tmp_path / "m.csv").write_text("video_id,uri\nx,a.mp4\ny,b.mp4\nz,c.mp4\n")
+    assert count_inputs(str(tmp_path / "m.csv")) == 3
+    (tmp_path / "m.jsonl").write_text('{"uri": "a.mp4"}\n{"uri": "b.mp4"}\n')
+    assert count_inputs(str(tmp_path / "m.jsonl")) == 2
+    pq.write_table(pa.table({"uri": ["a", "b", "c", "d"]}), tmp_path / "m.parquet")
+    assert count_inputs(str(tmp_path / "m.parquet")) == 4
+
+
 def test_without_a_terminal_plain_lines_come_at_a_bounded_rate(tmp_path):
     out = io.StringIO()
     display = ProgressDisplay(str(tmp_path), out=out, interval_sec=0.05, plain_every_sec=3600)
@@ -186,7 +213,12 @@ def test_a_job_on_a_terminal_redraws_its_progress_line(standin_dir, tmp_path, ne
     redraws = terminal.count("\r\x1b[K")
     assert redraws >= 3, terminal[-2000:]
     assert "progress:" not in terminal  # the plain form is for logs
+    import re
+
     final = terminal.split("\r\x1b[K")[-1].splitlines()[0]
+    drawn = [part.splitlines()[0] for part in terminal.split("\r\x1b[K")[1:] if part.startswith("videos ")]
+    assert drawn and not [line for line in drawn if "counting" in line]  # a total from the first draw on
+    assert re.match(r"videos \d/~?4 ", drawn[0]), drawn[0]
     import re
 
     # 4 videos of 3 s at 10 fps: 30 samples, 4 clips of 8 each (the last padded).

@@ -57,6 +57,31 @@ def check_input(spec: str, column: str = "uri") -> None:
             raise ValueError(f"--input {spec!r}: Parquet file {matches[0].path} has no {column!r} column (columns: {names})")
 
 
+def count_inputs(spec: str) -> int:
+    """How many inputs --input names, read at launch: files a glob matches, rows of the manifests.
+
+    An upper bound of the videos to do (duplicates and --skip_done come off later, in the graph),
+    so the progress line has a total and an ETA from the start. Costs a listing for a glob; a
+    manifest is read once, line by line (a million lines: about a second).
+    """
+    matches = FileSystems.match([spec])[0].metadata_list
+    kind = input_kind(spec)
+    if kind == "glob":
+        return len(matches)
+    total = 0
+    for match in matches:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            with open_object(match.path) as f:
+                total += pq.ParquetFile(f).metadata.num_rows
+            continue
+        with open_object(match.path) as f:
+            lines = sum(1 for line in f if line.strip() and not (kind == "txt" and line.lstrip().startswith(b"#")))
+        total += lines - 1 if kind == "csv" and lines else lines
+    return total
+
+
 def csv_header(path: str) -> list[str]:
     with open_object(path) as f:
         first = io.TextIOWrapper(f, encoding="utf-8").readline()
