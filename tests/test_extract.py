@@ -22,7 +22,7 @@ from synthetic.videos import write_audio_only, write_video
 from transforms.records import derive_video_id
 from transforms.tables import CLIPS_SCHEMA, FAILURES_SCHEMA, VIDEOS_SCHEMA
 
-FAST = ["--size", "64", "--frames_per_clip", "8", "--fps", "5", "--max_seconds_per_video", "5"]
+FAST = ["--size", "64", "--frames_per_clip", "8", "--fps", "5", "--max_seconds_per_video", "2"]
 DECODE = DecodeOptions(size=64, frames_per_clip=8, fps=5)
 
 
@@ -118,7 +118,7 @@ def test_every_input_is_in_exactly_one_of_videos_or_failures(run, corpus):
     clip_ids = read_table(run, "clips").column("video_id").to_pylist()
     crash, hang = by_id["crash"][0], by_id["hang"][0]
     assert stages["crash"] == ("decode", "DecoderCrashError") and "SIGSEGV" in crash["message"]
-    assert stages["hang"] == ("decode", "LimitExceededError") and "max_seconds_per_video=5" in hang["message"]
+    assert stages["hang"] == ("decode", "LimitExceededError") and "max_seconds_per_video=2" in hang["message"]
     assert crash["clips_kept"] == clip_ids.count("crash") == 1 and hang["clips_kept"] == clip_ids.count("hang") == 1
     assert not crash["transient"] and not hang["transient"]
 
