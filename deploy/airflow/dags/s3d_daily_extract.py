@@ -17,7 +17,10 @@ timetable's run has no data interval; its logical date is when it runs).
 
 Configuration, from the environment of the Airflow workers and DAG processor (Cloud
 Composer: the environment's variables; the DAG file may be all a Composer bucket holds):
-    S3D_PYTHON      required: the project's interpreter, e.g. /opt/s3d/.venv/bin/python
+    S3D_PYTHON      required: the project's interpreter, e.g. /opt/s3d/.venv/bin/python. It launches
+                    the jobs, so Dataflow workers must run its Python minor version: build the
+                    worker image (`worker_image`) with --build-arg PYTHON_VERSION=<its X.Y>; a worker
+                    on another version fails at its first bundle, naming both
     S3D_SETUP_FILE  the project's setup.py on the Airflow workers; needed for Dataflow runs
                     without a worker image (the job refuses to start without one or the other)
     S3D_DEFERRABLE  "true": Dataflow runs free their worker slot while the job runs (needs a
