@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import sys
 
 import numpy as np
 
 from s3d.quiet import add_log_level_arguments
+from storage.objects import write_object
 
 SAMPLES = [
     # name, frames, fps, width, height, codec, pix_fmt, extra
@@ -54,12 +56,11 @@ def make_samples(directory: str) -> str:
     with open(broken, "wb") as f:
         f.write(b"\x00\x00\x00\x18ftypmp42" + os.urandom(4096))  # an mp4 header, then garbage
     rows.append({"video_id": "corrupt_upload", "uri": os.path.abspath(broken)})
-    tmp = manifest + ".part"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["video_id", "uri"])
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, manifest)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=["video_id", "uri"])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_object(manifest, text.getvalue().encode("utf-8"), "text/csv")  # all or nothing
     return manifest
 
 
