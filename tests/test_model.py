@@ -127,16 +127,22 @@ def test_uint8_and_float_inputs_agree(standin_model):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_outputs_are_deterministic_for_a_seed(tmp_path, standin_model, other_standin_dir):
+def _saved_variables(export_dir: str) -> dict[str, np.ndarray]:
+    reader = tf.train.load_checkpoint(os.path.join(export_dir, "variables", "variables"))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")}
+
+
+def test_the_export_is_deterministic_for_a_seed(tmp_path, standin_dir, other_standin_dir):
+    """Same seed, same variables bit for bit (the graph is the same code, so the outputs are too: the
+    module's outputs are compared with numpy statements of the network elsewhere); another seed, others."""
     export_standin(str(tmp_path / "again"), seed=0)
-    clip = _clip(1, 16, 96)
-    sentences = ["cut the tomato", "a dog on the beach"]
-    same = load_s3d(str(tmp_path / "again"))
-    other = load_s3d(other_standin_dir)  # seed 1
-    np.testing.assert_array_equal(same.embed_video(clip)[1], standin_model.embed_video(clip)[1])
-    np.testing.assert_array_equal(same.embed_text(sentences), standin_model.embed_text(sentences))
-    assert not np.allclose(other.embed_video(clip)[1], standin_model.embed_video(clip)[1])
-    assert not np.allclose(other.embed_text(sentences), standin_model.embed_text(sentences))
+    again, first, other = (_saved_variables(d) for d in (str(tmp_path / "again"), standin_dir, other_standin_dir))
+    assert again.keys() == first.keys() == other.keys() and len(first) > 100
+    assert all(np.array_equal(again[name], first[name]) for name in first)
+    differ = [name for name in first if not np.array_equal(other[name], first[name])]
+    assert any("word_embd" in name for name in differ)  # the text tower
+    assert sum("text_module" not in name for name in differ) > 50  # and the video tower's convolutions
 
 
 def test_head_on_mixed_5c_equals_video_embedding(standin_dir):
