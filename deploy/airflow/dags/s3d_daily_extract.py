@@ -31,9 +31,10 @@ Missed days, retries and time limits (the policy; tests/test_dag.py checks each)
 - catchup=True with max_active_runs=1: a day the scheduler missed (Airflow down, the DAG
   paused) is run later, oldest first, one at a time; none is skipped silently. Set
   S3D_START_DATE to the first day you want processed, or the DAG backfills from the default.
-- extract: 2 retries, 15 minutes apart, doubling. A retry is safe: the job takes a lease on
-  its prefix, so a retry while the first Dataflow job still runs refuses (naming it) instead of
-  starting a duplicate, and a retry after it ended replaces its output.
+- extract: 2 retries, 15 minutes apart, doubling. A retry is safe: while the day's Dataflow job
+  still runs, the retry waits for it (ExtractOperator) instead of starting a duplicate, and the
+  job's lease on its prefix refuses any other launch there; a retry after it ended replaces
+  its output.
 - extract: execution_timeout 20 hours, so a day's run ends (and is retried) before the next
   day's is due; check_failure_rate: no retry (a retry gives the same answer), 30 minutes at most.
 """
@@ -146,11 +147,33 @@ class ExtractDataflowConfiguration(DataflowConfiguration):
 
 
 class ExtractOperator(BeamRunPythonPipelineOperator):
-    """Deferrable only on Dataflow: a deferred local run would execute the job inside the triggerer."""
+    """Deferrable only on Dataflow: a deferred local run would execute the job inside the triggerer.
+
+    A retry whose day's Dataflow job still runs (the first attempt's worker died, its job did not)
+    waits for that job instead of starting a second one: the job name is fixed per day, and an
+    active job is looked up by it (Beam appends a suffix, so by prefix, as the provider's hook does).
+    """
 
     def execute(self, context):
-        self.deferrable = self.deferrable and self.runner.lower() == "dataflowrunner"
+        dataflow = self.runner.lower() == "dataflowrunner"
+        self.deferrable = self.deferrable and dataflow
+        if dataflow and self._wait_for_a_live_job():
+            return None
         return super().execute(context)
+
+    def _wait_for_a_live_job(self) -> bool:
+        from airflow.providers.google.cloud.hooks.dataflow import DataflowHook
+
+        config = self.dataflow_config
+        hook = DataflowHook(gcp_conn_id=config.gcp_conn_id, poll_sleep=config.poll_sleep,
+                            impersonation_chain=config.impersonation_chain)
+        if not hook.is_job_dataflow_running(name=config.job_name, project_id=config.project_id,
+                                            location=config.location):
+            return False
+        self.log.warning("a Dataflow job named %s* still runs (an earlier attempt's): waiting for it instead of "
+                         "starting another", config.job_name)
+        hook.wait_for_done(job_name=config.job_name, location=config.location, project_id=config.project_id)
+        return True
 
 
 with DAG(

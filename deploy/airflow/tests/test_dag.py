@@ -229,3 +229,64 @@ def test_the_shuffle_free_gpu_route_and_its_disk_are_parameters(dag):
     assert options["inference_accelerator"] == ""  # no fusion break, no shuffle of clips
     local, _, _ = _render(dag, run, **{**gpu, "runner": "DirectRunner"})
     assert local["machine_type"] == local["disk_size_gb"] == local["dataflow_service_options"] == ""
+
+
+class _FakeDataflowApi:
+    """Dataflow's REST API as the provider's hook calls it (projects.locations.jobs list/get): one job
+    of the day, running for `polls` looks, then done. The boundary below the hook; nothing of it is faked."""
+
+    def __init__(self, name: str, polls: int):
+        self.job = {"id": "2026-11-26_01_02_03-42", "name": name, "type": "JOB_TYPE_BATCH",
+                    "currentState": "JOB_STATE_RUNNING"}
+        self.polls = polls
+        self.calls = []
+
+    def projects(self):
+        return self
+
+    def locations(self):
+        return self
+
+    def jobs(self):
+        return self
+
+    def _request(self, result):
+        return SimpleNamespace(execute=lambda num_retries=None: result)
+
+    def list(self, projectId, location, **_):  # noqa: N803 (the API's names)
+        self.calls.append(("list", projectId, location))
+        return self._request({"jobs": [dict(self._advance())]})
+
+    def list_next(self, previous_request, previous_response):
+        return None
+
+    def get(self, projectId, location, jobId, **_):  # noqa: N803
+        self.calls.append(("get", jobId))
+        return self._request(dict(self._advance()))
+
+    def _advance(self):
+        self.polls -= 1
+        if self.polls < 0:
+            self.job["currentState"] = "JOB_STATE_DONE"
+        return self.job
+
+
+@pytest.mark.parametrize("running", [True, False])
+def test_a_retry_waits_for_the_days_job_that_still_runs(dag, monkeypatch, running):
+    from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
+    from airflow.providers.google.cloud.hooks.dataflow import DataflowHook
+
+    api = _FakeDataflowApi("s3d-extract-20261125-a1b2c3", polls=2 if running else -1)
+    monkeypatch.setattr(DataflowHook, "get_conn", lambda self: api)
+    launched = []
+    monkeypatch.setattr(BeamRunPythonPipelineOperator, "execute", lambda self, context: launched.append(True))
+    op = copy.deepcopy(dag.get_task("extract"))
+    op.runner = "DataflowRunner"
+    op.dataflow_config.job_name, op.dataflow_config.project_id = "s3d-extract-20261125", "my-project"
+    op.dataflow_config.location, op.dataflow_config.poll_sleep = "us-central1", 0
+    op.execute({})
+    if running:  # no second job: the first one was waited for until it was done
+        assert launched == [] and api.job["currentState"] == "JOB_STATE_DONE"
+        assert ("list", "my-project", "us-central1") in api.calls
+    else:  # the day's job is over (or never ran): the task launches it
+        assert launched == [True]
