@@ -187,6 +187,10 @@ def test_deferrable_applies_to_dataflow_runs_only(dag, monkeypatch):
     """A deferred local run would run the whole job inside the triggerer: only Dataflow runs defer."""
     from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
 
+    from airflow.providers.google.cloud.hooks.dataflow import DataflowHook
+
+    monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT", "google-cloud-platform://")
+    monkeypatch.setattr(DataflowHook, "get_conn", lambda self: _FakeDataflowApi("other-job", polls=-1))  # none live
     seen = []
     monkeypatch.setattr(BeamRunPythonPipelineOperator, "execute", lambda self, context: seen.append(self.deferrable))
     op = copy.deepcopy(dag.get_task("extract"))
@@ -276,6 +280,7 @@ def test_a_retry_waits_for_the_days_job_that_still_runs(dag, monkeypatch, runnin
     from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
     from airflow.providers.google.cloud.hooks.dataflow import DataflowHook
 
+    monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT", "google-cloud-platform://")  # a connection, no key
     api = _FakeDataflowApi("s3d-extract-20261125-a1b2c3", polls=2 if running else -1)
     monkeypatch.setattr(DataflowHook, "get_conn", lambda self: api)
     launched = []
