@@ -401,3 +401,23 @@ def test_runs_and_index_on_an_object_store(runs, gcs_store, tmp_path, capsys):
         IndexSearcher(output)  # a fresh download of the altered file
     capsys.readouterr()
     assert search.main(["--index", output, "--exact", "--texts", texts]) == 0  # the runs, read from the store
+
+
+def test_a_small_shard_gives_the_exact_top_k(tmp_path):
+    """HNSW with inner product misses nodes on tiny graphs; a shard of at most EXACT_SHARD_ROWS rows is flat
+    and searched exhaustively, so every rank equals exact search's."""
+    embeddings = np.random.default_rng(11).normal(size=(60, 512)).astype(np.float32)
+    embeddings *= np.random.default_rng(12).uniform(0.2, 3.0, size=(60, 1)).astype(np.float32)  # unequal norms
+    prefix = str(tmp_path / "run")
+    write_run(prefix, embeddings, files=2, row_group=16)
+    output = str(tmp_path / "index")
+    assert build(prefix, output, "--quantization", "f32") == 0
+    queries = np.random.default_rng(13).normal(size=(100, 512)).astype(np.float32)
+    truth = np.argsort(-(queries @ embeddings.T), axis=1, kind="stable")[:, :10]
+    searcher = IndexSearcher(output)
+    import faiss
+
+    assert not isinstance(searcher.shards[0].index, faiss.IndexHNSW)  # flat: every row scored
+    hits = searcher.search(queries, 10)
+    found = [[20 * int(r["video_id"][1:]) + r["clip_index"] for r in rows] for rows in hits.rows]
+    assert found == truth.tolist()

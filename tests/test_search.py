@@ -228,11 +228,13 @@ def test_an_index_of_real_output_answers_as_exact_search_does(extracted, tmp_pat
     assert index_job.main(["--features", extracted, "--output", output, "--level", level,
                            "--quantization", "f32"]) == 0
     approx, ref, page = str(tmp_path / "a.parquet"), str(tmp_path / "e.parquet"), str(tmp_path / "r.html")
-    query = ["--query", "cut the tomato", "--query", "a dog", "--top_k", "4"]
+    # Every rank of a small run: its shard is flat, searched exhaustively (an HNSW graph this small once
+    # gave another clip at rank 5 than exact search).
+    query = ["--query", "cut the tomato", "--query", "a dog", "--top_k", "10"]
     assert search.main(["--index", output, *query, "--output", approx, "--html", page]) == 0
     assert search.main(["--features", extracted, "--level", level, *query, "--output", ref]) == 0
     a, e = pq.read_table(approx).to_pylist(), pq.read_table(ref).to_pylist()
-    assert len(a) == 2 * (4 if level == "clip" else 3) and [r["level"] for r in a] == [level] * len(a)
+    assert len(a) == len(e) >= 2 * 3 and [r["level"] for r in a] == [level] * len(a)
     assert [{k: v for k, v in r.items() if k != "score"} for r in a] == [{k: v for k, v in r.items() if k != "score"}
                                                                         for r in e]
     np.testing.assert_allclose([r["score"] for r in a], [r["score"] for r in e], rtol=1e-5, atol=1e-6)

@@ -120,7 +120,7 @@ class BuildShardFn(beam.DoFn):
 
     def _build(self, spec: ShardSpec) -> dict[str, Any]:
         columns = LEVEL_COLUMNS[self._level]
-        index = library.new_index(self._dim, self._quantization, self._m, self._ef_construction)
+        index = library.new_index(self._dim, self._quantization, self._m, self._ef_construction, spec.rows)
         if library.needs_training(self._quantization):
             # An even sample of the shard, for the quantizer's per-dimension ranges.
             every = max(1, spec.rows // library.TRAIN_SAMPLE)

@@ -186,7 +186,6 @@ def test_a_manual_run_without_logical_date_whose_check_fails(dag, inputs):
 def test_deferrable_applies_to_dataflow_runs_only(dag, monkeypatch):
     """A deferred local run would run the whole job inside the triggerer: only Dataflow runs defer."""
     from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
-
     from airflow.providers.google.cloud.hooks.dataflow import DataflowHook
 
     monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT", "google-cloud-platform://")
