@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import threading
 import types
+from collections.abc import Iterator
 from typing import IO
 
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
@@ -119,24 +120,32 @@ def share_boto3_sessions() -> None:
 # ---- whole objects, written so a reader never sees half of one ------------------------------------
 
 
+@contextlib.contextmanager
+def _whole(uri: str, mime_type: str = "application/octet-stream") -> Iterator[IO[bytes]]:
+    """A file to write the object at `uri` into, all or nothing: on local disk a temporary file beside
+    it, renamed over it when the block ends well (atomic on POSIX) and removed when it fails; on an
+    object store one upload, visible when it completes."""
+    if not is_local(uri):
+        with FileSystems.create(uri, mime_type=mime_type) as f:
+            yield f
+        return
+    target = local_path(uri)
+    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".part",
+                               dir=os.path.dirname(target) or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
 def write_object(uri: str, data: bytes, mime_type: str = "application/octet-stream") -> str:
-    """Writes `data` as the object at `uri`, all or nothing: on local disk a temporary file beside it
-    renamed over it (atomic on POSIX); on an object store one upload, visible when it completes."""
-    if is_local(uri):
-        target = local_path(uri)
-        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".part",
-                                   dir=os.path.dirname(target) or ".")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-            raise
-        return uri
-    with FileSystems.create(uri, mime_type=mime_type) as f:
+    """Writes `data` as the object at `uri`, all or nothing (see `_whole`)."""
+    with _whole(uri, mime_type) as f:
         f.write(data)
     return uri
 
@@ -144,21 +153,10 @@ def write_object(uri: str, data: bytes, mime_type: str = "application/octet-stre
 def copy_object(source: str, destination: str, chunk: int = 8 << 20) -> str:
     """Copies one object or file to another place, local or remote, all or nothing as `write_object`
     (streamed: the object is never held in memory whole)."""
-    if is_local(destination):
-        target = local_path(destination)
-        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".part",
-                                   dir=os.path.dirname(target) or ".")
-        try:
-            with (open(local_path(source), "rb") if is_local(source) else open_object(source)) as src, \
-                    os.fdopen(fd, "wb") as dst:
-                shutil.copyfileobj(src, dst, chunk)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-            raise
-        return destination
+    with (open(local_path(source), "rb") if is_local(source) else open_object(source)) as src, \
+            _whole(destination) as dst:
+        shutil.copyfileobj(src, dst, chunk)
+    return destination
     with (open(local_path(source), "rb") if is_local(source) else open_object(source)) as src, \
             FileSystems.create(destination) as dst:
         shutil.copyfileobj(src, dst, chunk)
