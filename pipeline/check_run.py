@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from storage.layout import read_summary, summary_path, table_glob
+from storage.layout import any_layout_glob, read_summary, summary_path
 
 
 def failure_rate(summary: dict) -> float:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{summary['counts']} -> failure rate {rate:.3f} (max {args.max_failure_rate})")
     if rate > args.max_failure_rate:
         print(f"error: {rate:.1%} of the videos failed (more than {args.max_failure_rate:.1%}): see "
-              f"{table_glob(args.output_prefix, 'failures')} for the reasons", file=sys.stderr)
+              f"{any_layout_glob(args.output_prefix, 'failures')} for the reasons", file=sys.stderr)
         return 1
     return 0
 

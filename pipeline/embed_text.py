@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    def extra(counts: dict[str, int]) -> dict:
+    def extra(counts: dict[str, int], output_prefix: str) -> dict:
         return {"input": opts.input}  # texts and failed are counted from the tables' files (WriteTables)
 
     def print_local(summary: dict, path: str) -> None:

@@ -16,6 +16,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import TestOptions
 
 from decoder import DecodeOptions
+from pipeline.chunks import ChunkedLaunch, Chunking, PlanMismatchError
 from pipeline.console import configure_logging
 from pipeline.options import (
     EXTRACT_INPUT_HELP,
@@ -24,19 +25,21 @@ from pipeline.options import (
     IOOptions,
     ModelOptions,
     plan_metadata,
+    runs_locally,
 )
 from pipeline.preflight import check_model_handle
 from pipeline.report import failure_reasons, print_summary
 from pipeline.runner import (
     announce,
     check_worker_packaging,
+    dataflow_job_state,
     launch,
     package_version,
     parse_job_args,
 )
 from s3d.precision import PrecisionPlan
-from storage.layout import table_glob
-from storage.lease import LeaseHeldError
+from storage.layout import any_layout_glob, table_files
+from storage.lease import LeaseHeldError, acquire, release
 from storage.runs import split_list
 from transforms.assemble import AssembleVideos
 from transforms.decode import DecodeClips
@@ -66,13 +69,16 @@ def run_metadata(decode: DecodeOptions, model: ModelOptions, plan: PrecisionPlan
 
 
 def build_pipeline(
-    p: beam.Pipeline, io: IOOptions, opts: ExtractOptions, model: ModelOptions, decode: DecodeOptions,
-    progress: ProgressLog | None = None, plan: PrecisionPlan | None = None,
+    p: beam.Pipeline, input_spec: str | None, output_prefix: str, opts: ExtractOptions, model: ModelOptions,
+    decode: DecodeOptions, progress: ProgressLog | None = None, plan: PrecisionPlan | None = None,
+    skip_done: list[str] | None = None,
 ) -> dict[str, beam.PCollection]:
     """Adds the extraction graph to `p` (tests pass a TestPipeline); returns the rows of each table.
 
+    Reads `input_spec` (None: the failures of --retry_failures) and writes under `output_prefix`.
     The steps report videos, clips and failures to `progress` (the launcher's live line).
-    `plan` is the launch's ModelOptions.precision_plan (computed here when not given).
+    `plan` is the launch's ModelOptions.precision_plan (computed here when not given). `skip_done`,
+    the earlier runs whose videos are done, defaults to --skip_done's (a chunk's input has them out already).
     """
     progress = progress or ProgressLog()
     plan = plan or model.precision_plan()
@@ -81,8 +87,9 @@ def build_pipeline(
     retry = None
     if opts.retry_failures:
         retry = ReadFailuresAsInput(opts.retry_failures, split_list(opts.retry_stages), split_list(opts.retry_errors))
-    inputs = p | "ReadInput" >> ReadVideoRequests(None if retry else io.input, retry=retry)
-    done_files = matching_table_files(split_list(opts.skip_done), "videos", metadata)
+    inputs = p | "ReadInput" >> ReadVideoRequests(None if retry else input_spec, retry=retry)
+    skip_done = split_list(opts.skip_done) if skip_done is None else skip_done
+    done_files = matching_table_files(skip_done, "videos", metadata)
     todo = inputs["requests"] | "SkipDone" >> SkipDone(done_files)
     _ = todo | "CountToDo" >> CountToDo(progress)
     decoded = (
@@ -109,7 +116,7 @@ def build_pipeline(
     _ = failures | "ReportFailures" >> beam.Map(lambda row: progress.add("failed"))
     tables = {"clips": embedded["rows"], "videos": assembled["videos"], "failures": failures}
     _ = tables | "WriteTables" >> WriteTables(
-        io.output_prefix, metadata, {"videos_ok": "videos", "videos_failed": "failures", "clips": "clips"})
+        output_prefix, metadata, {"videos_ok": "videos", "videos_failed": "failures", "clips": "clips"})
     return tables
 
 
@@ -131,11 +138,18 @@ def main(argv: list[str] | None = None) -> int:
         if opts.retry_failures:
             if io.input:
                 raise ValueError("--input and --retry_failures exclude each other: the failures are the input")
-            check_input(table_glob(opts.retry_failures, "failures"))
+            if not table_files(opts.retry_failures, "failures"):
+                raise ValueError(f"--retry_failures {opts.retry_failures!r}: no failures table there "
+                                 f"({any_layout_glob(opts.retry_failures, 'failures')} matches nothing)")
             io.input = f"failures of {opts.retry_failures}"
         else:
+            io.validate_io("a glob of videos or a manifest (or --retry_failures PREFIX)")
             check_input(io.input)
-        io.validate_io("a glob of videos or a manifest (or --retry_failures PREFIX)")
+        if not io.output_prefix:
+            raise ValueError("--output_prefix is required: where the tables are written")
+        if opts.chunk_videos and not runs_locally(options) and not io.wait:
+            raise ValueError("--chunk_videos runs one job per chunk from the launcher, which waits for each: "
+                             "it cannot go with --wait=false")
         check_worker_packaging(options)
         if not options.view_as(TestOptions).dry_run:  # a dry run touches no output and needs no model
             check_model_handle(model.model)  # before anything under the output prefix is touched
@@ -146,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if plan.reason:
         log.warning("%s", plan.reason)
 
-    def extra(counts: dict[str, int]) -> dict:
+    def extra(counts: dict[str, int], output_prefix: str) -> dict:
         return {
             "input": io.input,
             # videos_ok, videos_failed and clips come from the tables' files (WriteTables).
@@ -159,19 +173,41 @@ def main(argv: list[str] | None = None) -> int:
                 "failures_retried": counts.get("failures_retried", 0),
                 "io_retries": counts.get("io_retries", 0),
             },
-            "failure_reasons": failure_reasons(io.output_prefix),
+            "failure_reasons": failure_reasons(output_prefix),
         }
 
+    metadata = run_metadata(decode, model, plan)
     try:
-        summary, path = launch(options, io.output_prefix, TABLES,
-                               lambda p, progress: build_pipeline(p, io, opts, model, decode, progress, plan),
-                               run_metadata(decode, model, plan), extra, show_progress=True,
-                               expected=None if opts.retry_failures else lambda: count_inputs(io.input))
-    except LeaseHeldError as e:
+        if opts.chunk_videos and not options.view_as(TestOptions).dry_run:
+            summary, path = _run_in_chunks(options, io, opts, model, decode, plan, metadata, extra)
+        else:
+            summary, path = launch(
+                options, io.output_prefix, TABLES,
+                lambda p, progress: build_pipeline(p, io.input if not opts.retry_failures else None, io.output_prefix,
+                                                   opts, model, decode, progress, plan),
+                metadata, extra, show_progress=True,
+                expected=None if opts.retry_failures else lambda: count_inputs(io.input))
+    except (LeaseHeldError, PlanMismatchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     announce(summary, path, options, print_summary)
     return 0
+
+
+def _run_in_chunks(options, io: IOOptions, opts: ExtractOptions, model: ModelOptions, decode: DecodeOptions,
+                   plan: PrecisionPlan, metadata: dict[str, Any], extra) -> tuple[dict[str, Any], str]:
+    """--chunk_videos: the run as chunks under the prefix's lease (pipeline.chunks)."""
+    chunking = Chunking(io.input, opts.chunk_videos, tuple(split_list(opts.skip_done)), opts.split_sec, metadata)
+    launch_ = ChunkedLaunch(
+        options, io.output_prefix, TABLES,
+        lambda p, progress, input_spec, prefix: build_pipeline(p, input_spec, prefix, opts, model, decode, progress,
+                                                               plan, skip_done=[]),
+        metadata, extra)
+    lease = acquire(io.output_prefix, None if runs_locally(options) else dataflow_job_state(options))
+    try:
+        return launch_.run(chunking, opts.overwrite)
+    finally:
+        release(lease)
 
 
 if __name__ == "__main__":

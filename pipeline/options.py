@@ -294,6 +294,15 @@ class ExtractOptions(PipelineOptions):
                            "fails, with exponential backoff (default: 3)")
         group.add_argument("--io_retry_backoff_sec", type=float, default=1.0,
                            help="first backoff of those retries, doubled each time (default: 1.0)")
+        group = parser.add_argument_group("runs in chunks")
+        group.add_argument("--chunk_videos", type=int, default=0,
+                           help="cut the input (after duplicates and --skip_done), sorted by video_id, into chunks "
+                           "of at most this many videos, each a run of its own under PREFIX/chunks/NNNNN/ that "
+                           "commits when done; the same command again resumes, running only the chunks not "
+                           "complete. 0 = one run, all or nothing (default: 0)")
+        group.add_argument("--overwrite", type=_boolean, nargs="?", const=True, default=False,
+                           help="with --chunk_videos: start over, deleting a run in chunks under the prefix even "
+                           "when made with other parameters (without it, such a run makes the launch refuse)")
 
     def validate_extract(self) -> None:
         if self.io_retries is None or self.io_retries < 0:
@@ -306,3 +315,11 @@ class ExtractOptions(PipelineOptions):
             raise ValueError(f"--split_sec must be >= 0 (0 turns splitting off), got {self.split_sec}")
         if self.decode_prefetch is None or self.decode_prefetch < 0:
             raise ValueError(f"--decode_prefetch must be >= 0, got {self.decode_prefetch}")
+        if self.chunk_videos is None or self.chunk_videos < 0:
+            raise ValueError(f"--chunk_videos must be >= 0 (0: one run, no chunks), got {self.chunk_videos}")
+        if self.chunk_videos and self.retry_failures:
+            raise ValueError("--chunk_videos and --retry_failures exclude each other: retry an earlier run's "
+                             "failures in one run (they are a small share of it)")
+        if self.overwrite and not self.chunk_videos:
+            raise ValueError("--overwrite goes with --chunk_videos (a run without chunks always replaces the "
+                             "earlier run under its prefix)")

@@ -27,9 +27,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from pipeline.options import IOOptions, ModelOptions, runs_locally
 from pipeline.progress import ProgressDisplay
-from storage.layout import read_summary, summary_path, table_glob
-from storage.lease import acquire, hand_to_job, release
-from storage.paths import is_local
+from storage.layout import CHUNKS_DIR, PLAN_NAME, SUMMARY_NAME, any_layout_glob, read_summary, summary_path
+from storage.lease import Lease, acquire, hand_to_job, release
+from storage.paths import is_local, local_path
 from transforms.progress import ProgressLog
 from transforms.tables import utc_now, write_summary
 
@@ -60,20 +60,41 @@ def create_pipeline(options: PipelineOptions) -> beam.Pipeline:
 
 def clear_previous_run(output_prefix: str, tables: tuple[str, ...]) -> int:
     """Deletes an earlier run's summary, tables and leftover temp files (of a run that died) under the
-    prefix, so two runs never mix. The summary goes first: a half-cleared prefix never looks complete.
+    prefix, in either layout (a run in chunks: its plan and every chunk), so two runs never mix.
+    What marks a run or a chunk complete goes first: a half-cleared prefix never looks complete.
     Returns the number of paths deleted."""
     base = output_prefix.rstrip("/")
-    patterns = [f"{base}/{t}/beam-temp-*" for t in tables] + [f"{base}/{t}/beam-temp-*/*" for t in tables]
-    patterns += [table_glob(output_prefix, t) for t in tables]
-    paths = {m.path for result in FileSystems.match(patterns) for m in result.metadata_list}
-    summary = summary_path(output_prefix)
+    chunks = f"{base}/{CHUNKS_DIR}"
+    markers = [summary_path(output_prefix), f"{chunks}/{PLAN_NAME}"]
+    markers += sorted(m.path for m in FileSystems.match([f"{chunks}/*/{SUMMARY_NAME}"])[0].metadata_list)
+    patterns = [f"{chunks}/*/*"]
+    for root in (base, f"{chunks}/*"):
+        patterns += [f"{root}/{t}/beam-temp-*" for t in tables] + [f"{root}/{t}/beam-temp-*/*" for t in tables]
+        patterns += [f"{root}/{t}/{t}-*.parquet" for t in tables]
+    paths = {m.path for result in FileSystems.match(patterns) for m in result.metadata_list} - set(markers)
     deleted = 0
-    if FileSystems.exists(summary):
-        FileSystems.delete([summary])  # first, alone: a half-cleared prefix never looks complete
-        deleted += 1
-    ordered = sorted(paths, key=len, reverse=True)  # files before their temp directories
-    for start in range(0, len(ordered), DELETE_BATCH):  # one call per batch: stores delete them together
-        batch = ordered[start:start + DELETE_BATCH]
+    for marker in markers:  # first, one by one: a half-cleared prefix never looks complete
+        if FileSystems.exists(marker):
+            FileSystems.delete([marker])
+            deleted += 1
+    deleted += _delete_all(sorted(paths, key=len, reverse=True))  # files before their temp directories
+    if is_local(output_prefix):  # local disk has real directories; object stores do not
+        for leftover in glob.glob(os.path.join(base, "*", "beam-temp-*")) + glob.glob(os.path.join(chunks, "*")):
+            if os.path.isdir(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
+                deleted += 1
+        with contextlib.suppress(OSError):  # absent, or not empty (files of another kind: left alone)
+            os.rmdir(local_path(chunks))
+    if deleted:
+        log.info("replaced an earlier run under %s (%d paths deleted)", output_prefix, deleted)
+    return deleted
+
+
+def _delete_all(paths: list[str]) -> int:
+    """Deletes the paths, a batch per call (stores delete a batch together); returns how many went."""
+    deleted = 0
+    for start in range(0, len(paths), DELETE_BATCH):
+        batch = paths[start:start + DELETE_BATCH]
         try:
             FileSystems.delete(batch)
             deleted += len(batch)
@@ -82,13 +103,6 @@ def clear_previous_run(output_prefix: str, tables: tuple[str, ...]) -> int:
             if still_there:
                 raise
             deleted += len(batch) - len(e.exception_details)
-    if is_local(output_prefix):  # local disk has real directories; object stores do not
-        for t in tables:
-            for leftover in glob.glob(os.path.join(base, t, "beam-temp-*")):
-                shutil.rmtree(leftover, ignore_errors=True)
-                deleted += 1
-    if deleted:
-        log.info("replaced an earlier run under %s (%d paths deleted)", output_prefix, deleted)
     return deleted
 
 
@@ -243,7 +257,7 @@ def launch(
     tables: tuple[str, ...],
     build: Callable[[beam.Pipeline, ProgressLog], Any],
     metadata: dict[str, Any],
-    extra: Callable[[dict[str, int]], dict[str, Any]],
+    extra: Callable[[dict[str, int], str], dict[str, Any]],
     show_progress: bool = False,
     expected: Callable[[], int | None] | None = None,
 ) -> tuple[dict[str, Any], str]:
@@ -251,49 +265,71 @@ def launch(
 
     `build(p, progress)` adds the graph; its steps report to `progress`, which the launcher
     shows live on local runs when `show_progress`, with `expected()` (the inputs counted at
-    launch) as the total until the graph has counted the videos to do. `extra(counters)` adds the job's own
-    entries (counts, failure reasons) to the summary. Returns the summary and its path.
+    launch) as the total until the graph has counted the videos to do. `extra(counters, prefix)`
+    adds the job's own entries (counts, failure reasons) to the summary. Returns the summary and its path.
     """
     watch, started = Stopwatch(), utc_now()
     if options.view_as(TestOptions).dry_run:
-        # Builds the job (on Dataflow: the job request, not sent); touches no output.
-        p = create_pipeline(options)
-        build(p, ProgressLog())
-        p.run()
-        return {**metadata, "status": "dry_run"}, ""
+        return dry_run(options, build, metadata), ""
     # The prefix's lease first (never two live runs on one prefix), then the earlier run's files go.
     lease = acquire(output_prefix, None if runs_locally(options) else dataflow_job_state(options))
     try:
         clear_previous_run(output_prefix, tables)
-        p = create_pipeline(options)
-        show = show_progress and runs_locally(options)
-        with _progress(show, expected() if show and expected is not None else None) as progress:
-            build(p, progress)
-            result = p.run()  # the local runner returns when the job is done
-        job_id = _job_id(result)
-        if job_id is not None:  # the job holds the prefix now, whatever becomes of this launcher
-            lease = hand_to_job(lease, *_project_region(options), job_id)
-        if not runs_locally(options) and (not options.view_as(IOOptions).wait or not getattr(result, "has_job", True)):
-            # A Flex Template launch (or --template_location) stages the job and has no job to wait
-            # for: the result's has_job is False and waiting or querying metrics would raise.
+        result, lease = run_graph(options, build, lease, show_progress, expected)
+        if result is None:
             lease = None  # kept by the job (or by a staged template: its launch replaces it)
             return {**metadata, "status": "submitted"}, summary_path(output_prefix)
-        result.wait_until_finish()
     finally:
         if lease is not None:
             release(lease)
+    summary = finish_summary(output_prefix, tables, metadata, extra, result, started, watch)
+    return summary, write_summary(output_prefix, summary)
+
+
+def dry_run(options: PipelineOptions, build: Callable[[beam.Pipeline, ProgressLog], Any],
+            metadata: dict[str, Any]) -> dict[str, Any]:
+    """Builds the job (on Dataflow: the job request, not sent); touches no output."""
+    p = create_pipeline(options)
+    build(p, ProgressLog())
+    p.run()
+    return {**metadata, "status": "dry_run"}
+
+
+def run_graph(options: PipelineOptions, build: Callable[[beam.Pipeline, ProgressLog], Any], lease: Lease | None,
+              show_progress: bool = False, expected: Callable[[], int | None] | None = None):
+    """Runs the graph `build` adds; returns (result, lease), the result None when a remote job was submitted
+    and not waited for. A submitted Dataflow job gets `lease` (None: the caller keeps holding its own)."""
+    p = create_pipeline(options)
+    show = show_progress and runs_locally(options)
+    with _progress(show, expected() if show and expected is not None else None) as progress:
+        build(p, progress)
+        result = p.run()  # the local runner returns when the job is done
+    job_id = _job_id(result)
+    if job_id is not None and lease is not None:  # the job holds the prefix now, whatever becomes of this launcher
+        lease = hand_to_job(lease, *_project_region(options), job_id)
+    if not runs_locally(options) and (not options.view_as(IOOptions).wait or not getattr(result, "has_job", True)):
+        # A Flex Template launch (or --template_location) stages the job and has no job to wait
+        # for: the result's has_job is False and waiting or querying metrics would raise.
+        return None, lease
+    result.wait_until_finish()
+    return result, lease
+
+
+def finish_summary(output_prefix: str, tables: tuple[str, ...], metadata: dict[str, Any],
+                   extra: Callable[[dict[str, int], str], dict[str, Any]], result, started: str,
+                   watch: Stopwatch) -> dict[str, Any]:
+    """The summary the graph wrote when its tables were final, with what only the launcher knows."""
     counts = counters(result)
-    # The graph wrote the summary when the tables were final; add what only the launcher knows.
     summary = read_summary(output_prefix) or {**metadata, "status": "complete", "output_prefix": output_prefix}
-    extras = extra(counts)
+    extras = extra(counts, output_prefix)
     summary.update({
         "started": started,
         "finished": utc_now(),
         "wall_seconds": round(watch.seconds, 2),
         "counters": counts,
         "distributions": distributions(result),
-        "tables": {t: table_glob(output_prefix, t) for t in tables},
+        "tables": {t: any_layout_glob(output_prefix, t) for t in tables},
         **{k: v for k, v in extras.items() if k != "counts"},
     })
     summary["counts"] = {**summary.get("counts", {}), **extras.get("counts", {})}
-    return summary, write_summary(output_prefix, summary)
+    return summary

@@ -1,6 +1,11 @@
 """Where a run's output lives, in one place, without Beam: PREFIX/TABLE/TABLE-SSSSS-of-NNNNN.parquet
 and PREFIX/run_summary.json (written last: its presence marks a complete run).
 
+A run in chunks (--chunk_videos) keeps each chunk as a run of its own, PREFIX/chunks/NNNNN/ (its
+input.jsonl, tables and summary), the plan in PREFIX/chunks/plan.json, and the top-level summary
+once every chunk is complete. Readers list a table's files with `table_files`, which serves both
+layouts and sees only complete chunks; `any_layout_glob` is the one glob for tools (DuckDB).
+
 The jobs, search, incremental runs, the index and the Airflow DAG's check all derive paths here.
 Path arithmetic needs nothing; reading a remote summary or listing a table uses Beam's filesystems.
 """
@@ -14,6 +19,9 @@ from typing import Any
 from storage.paths import is_local, local_path
 
 SUMMARY_NAME = "run_summary.json"
+CHUNKS_DIR = "chunks"
+PLAN_NAME = "plan.json"
+CHUNK_INPUT_NAME = "input.jsonl"
 
 # What search ranks at each level: the table it reads and the columns a result carries.
 LEVEL_TABLE = {"clip": "clips", "video": "videos"}
@@ -33,6 +41,29 @@ def table_glob(output_prefix: str, table: str) -> str:
     return f"{table_prefix(output_prefix, table)}-*.parquet"
 
 
+def any_layout_glob(output_prefix: str, table: str) -> str:
+    """One glob for a table's files in either layout (DuckDB's and Python's `**` match no directory too).
+
+    It lists files and knows nothing of completeness: once the run's summary exists every chunk is
+    complete, so it reads exactly the run; before that it may see a chunk whose tables are final but
+    whose summary is not yet written. `table_files` and the summary's `files` never do.
+    """
+    return f"{output_prefix.rstrip('/')}/**/{table}-*.parquet"
+
+
+def chunk_name(index: int) -> str:
+    return f"{index:05d}"
+
+
+def chunk_prefix(output_prefix: str, name: str) -> str:
+    """The run prefix of one chunk: PREFIX/chunks/NNNNN."""
+    return f"{output_prefix.rstrip('/')}/{CHUNKS_DIR}/{name}"
+
+
+def plan_path(output_prefix: str) -> str:
+    return f"{output_prefix.rstrip('/')}/{CHUNKS_DIR}/{PLAN_NAME}"
+
+
 def summary_path(output_prefix: str) -> str:
     return f"{output_prefix.rstrip('/')}/{SUMMARY_NAME}"
 
@@ -43,7 +74,11 @@ def read_summary(output_prefix: str) -> dict[str, Any] | None:
     Local paths are read directly (no Beam); a remote one through storage.objects, where a missing
     object is FileNotFoundError on every store.
     """
-    path = summary_path(output_prefix)
+    return read_json(summary_path(output_prefix))
+
+
+def read_json(path: str) -> dict[str, Any] | None:
+    """A JSON object on any filesystem, or None when there is no such file."""
     if is_local(path):
         local = local_path(path)
         if not os.path.exists(local):
@@ -60,7 +95,18 @@ def read_summary(output_prefix: str) -> dict[str, Any] | None:
 
 
 def table_files(output_prefix: str, table: str) -> list[str]:
-    """The final files of a table, sorted, from a listing of the store (never temp files: they live apart)."""
+    """The final files of a table, sorted, in either layout: the run's own, or those of its complete chunks.
+
+    From listings of the store (never temp files: they live apart). A chunk counts once its summary
+    exists, so a reader never sees a chunk that is running or died half way.
+    """
     from apache_beam.io.filesystems import FileSystems
 
-    return sorted(m.path for m in FileSystems.match([table_glob(output_prefix, table)])[0].metadata_list)
+    base = output_prefix.rstrip("/")
+    chunk_tables = f"{base}/{CHUNKS_DIR}/*/{table}/{table}-*.parquet"
+    own, summaries, chunked = FileSystems.match(
+        [table_glob(output_prefix, table), f"{base}/{CHUNKS_DIR}/*/{SUMMARY_NAME}", chunk_tables])
+    complete = {m.path.rsplit("/", 2)[-2] for m in summaries.metadata_list}  # .../chunks/NAME/run_summary.json
+    files = [m.path for m in own.metadata_list]
+    files += [m.path for m in chunked.metadata_list if m.path.rsplit("/", 3)[-3] in complete]  # NAME/TABLE/file
+    return sorted(files)

@@ -24,7 +24,7 @@ def test_within_the_rate_passes_and_over_it_fails(tmp_path, capsys):
     assert "failure rate 0.050" in capsys.readouterr().out
     assert check_run.main(["--output_prefix", prefix, "--max_failure_rate", "0.04"]) == 1
     err = capsys.readouterr().err
-    assert "5.0% of the videos failed" in err and f"{prefix}/failures/failures-*.parquet" in err
+    assert "5.0% of the videos failed" in err and f"{prefix}/**/failures-*.parquet" in err
 
 
 def test_no_complete_run_is_its_own_exit_code(tmp_path, capsys):

@@ -43,7 +43,8 @@ def build_job(args: list[str]):
     options = PipelineOptions(args)
     p = create_pipeline(options)
     opts = options.view_as(ExtractOptions)
-    extract.build_pipeline(p, options.view_as(IOOptions), opts, options.view_as(ModelOptions), opts.decode_options())
+    io = options.view_as(IOOptions)
+    extract.build_pipeline(p, io.input, io.output_prefix, opts, options.view_as(ModelOptions), opts.decode_options())
     result = p.run()
     return result.job, p.runner.proto_pipeline
 
@@ -269,7 +270,7 @@ def test_a_template_launch_with_no_job_counts_as_submitted(tmp_path, monkeypatch
 
     monkeypatch.setattr(runner, "create_pipeline", lambda opts: TemplatePipeline())
     summary, path = runner.launch(options, str(tmp_path / "out"), ("clips",), lambda p, progress: None, {"job": "x"},
-                                  lambda counts: {})
+                                  lambda counts, prefix: {})
     assert summary["status"] == "submitted" and path.endswith("run_summary.json")
     assert not os.path.exists(path)  # the job writes it when it completes
 
@@ -339,7 +340,7 @@ def test_wait_false_submits_and_returns_without_waiting(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "create_pipeline", lambda opts: RemotePipeline())
     options = PipelineOptions(["--runner", "DataflowRunner", "--wait=false"])
     summary, path = runner.launch(options, str(tmp_path / "out"), ("clips",), lambda p, progress: None, {"job": "x"},
-                                  lambda counts: {})
+                                  lambda counts, prefix: {})
     assert summary["status"] == "submitted" and not os.path.exists(path)
     # Local runs always wait: the same flag on the local runner runs the job to the end.
     local = PipelineOptions(["--wait=false"])

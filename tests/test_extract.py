@@ -277,7 +277,8 @@ def test_the_graph_itself_writes_the_summary_when_the_tables_are_final(corpus, s
     options = PipelineOptions(["--input", manifest, "--output_prefix", prefix, "--model", standin_dir, *FAST])
     p = create_pipeline(options)
     opts = options.view_as(ExtractOptions)
-    extract.build_pipeline(p, options.view_as(IOOptions), opts, options.view_as(ModelOptions), opts.decode_options())
+    io = options.view_as(IOOptions)
+    extract.build_pipeline(p, io.input, io.output_prefix, opts, options.view_as(ModelOptions), opts.decode_options())
     p.run().wait_until_finish()
     summary = read_summary(prefix)
     assert summary["status"] == "complete" and "counters" not in summary  # written by the graph, not the launcher

@@ -311,7 +311,7 @@ def test_a_killed_run_leaves_nothing_final_and_the_next_run_completes(tmp_path, 
 
 def test_retry_options_are_checked(tmp_path, capsys):
     assert extract.main(["--retry_failures", str(tmp_path / "nothing"), "--output_prefix", str(tmp_path / "o")]) == 2
-    assert "matches no files" in capsys.readouterr().err
+    assert "no failures table there" in capsys.readouterr().err
     m = manifest(tmp_path / "m.txt", ["/x.mp4"])
     assert extract.main(["--input", m, "--retry_stages", "open", "--output_prefix", str(tmp_path / "o")]) == 2
     assert "go with --retry_failures" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from storage.layout import table_files, table_glob
+from storage.layout import table_files
 from storage.runs import differences, file_run_metadata, interchangeable
 from transforms.records import NAMESPACE
 
@@ -107,13 +107,14 @@ class ReadFailuresAsInput(beam.PTransform):
 
     def __init__(self, prefix: str, stages: Sequence[str] = (), errors: Sequence[str] = ()):
         super().__init__()
-        self._glob = table_glob(prefix, "failures")
+        self._files = table_files(prefix, "failures")  # either layout (storage.layout), listed at launch
         self._stages = list(stages)
         self._errors = list(errors)
 
     def expand(self, pbegin):
         return (
             pbegin
-            | "ReadFailures" >> beam.io.ReadFromParquet(self._glob)
+            | "FailureFiles" >> beam.Create(self._files)
+            | "ReadFailures" >> beam.io.ReadAllFromParquet()
             | "SelectFailures" >> beam.ParDo(_FailureToRowFn(self._stages, self._errors))
         )

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -24,6 +25,7 @@ from transforms.records import FAILURES, NAMESPACE, VideoRequest, derive_video_i
 
 MANIFEST_KINDS = {".txt": "txt", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 BAD_LINES = "bad_lines"
+CARRIED = "_input_failure"  # a row that carries its failure row (read_input_rows, the chunk planner)
 
 
 def input_kind(spec: str) -> str:
@@ -100,33 +102,93 @@ def _optional_float(row: dict[str, Any], name: str) -> float | None:
     return number
 
 
+def to_request(row: dict[str, Any]) -> VideoRequest:
+    """A manifest row -> VideoRequest (its video_id given, or derived from uri and segment).
+
+    Raises:
+        ValueError, TypeError: the row has no usable uri or segment; the message says what is wrong.
+    """
+    uri = row.get("uri")
+    uri = uri.strip() if isinstance(uri, str) else uri
+    if not uri or not isinstance(uri, str):
+        raise ValueError(f"row has no uri: {row!r}")
+    start, end = _optional_float(row, "start_sec"), _optional_float(row, "end_sec")
+    if start is not None and end is not None and end <= start:
+        raise ValueError(f"end_sec must be > start_sec, got [{start}, {end})")
+    return VideoRequest(_given_id(row) or derive_video_id(uri, start, end), uri, start, end)
+
+
+def _given_id(row: dict[str, Any]) -> str | None:
+    given = row.get("video_id")
+    return str(given).strip() if given not in (None, "") else None
+
+
+def input_failure(row: dict[str, Any], error: Exception) -> dict[str, Any]:
+    """The failure row of a manifest row that is not a usable request."""
+    uri = row.get("uri")
+    bad_uri = str(uri.strip() if isinstance(uri, str) else uri or "")
+    video_id = _given_id(row) or derive_video_id(bad_uri or json.dumps(row, default=str, sort_keys=True))
+    return failure_row(video_id, bad_uri, "input", type(error).__name__, str(error))
+
+
+def request_or_failure(row: dict[str, Any]) -> VideoRequest | dict[str, Any]:
+    """A row's VideoRequest, or its failure row: the one it carries (CARRIED), or why it is unusable."""
+    if CARRIED in row:
+        return row[CARRIED]
+    try:
+        return to_request(row)
+    except (TypeError, ValueError) as e:
+        return input_failure(row, e)
+
+
+def input_key(row: dict[str, Any]) -> str:
+    """The video_id a row ends up under: its request's, or its failure's. Rows that share one are one video."""
+    return _key(request_or_failure(row))
+
+
+def _key(outcome: VideoRequest | dict[str, Any]) -> str:
+    return outcome.video_id if isinstance(outcome, VideoRequest) else outcome["video_id"]
+
+
 class ToVideoRequestFn(beam.DoFn):
-    """A manifest row (dict) -> VideoRequest, or a failure row naming what is wrong with it."""
+    """A manifest row (dict) -> VideoRequest, or a failure row naming what is wrong with it.
+
+    A row that carries a failure (CARRIED: a line that did not parse, as the chunk planner writes
+    one) is that failure.
+    """
 
     def __init__(self):
         self._bad = Metrics.counter(NAMESPACE, "input_rows_invalid")
 
     def process(self, row: dict[str, Any]):
-        uri = row.get("uri")
-        uri = uri.strip() if isinstance(uri, str) else uri
-        given_id = row.get("video_id")
-        given_id = str(given_id).strip() if given_id not in (None, "") else None
-        try:
-            if not uri or not isinstance(uri, str):
-                raise ValueError(f"row has no uri: {row!r}")
-            start, end = _optional_float(row, "start_sec"), _optional_float(row, "end_sec")
-            if start is not None and end is not None and end <= start:
-                raise ValueError(f"end_sec must be > start_sec, got [{start}, {end})")
-        except (TypeError, ValueError) as e:
-            self._bad.inc()
-            bad_uri = str(uri or "")
-            yield beam.pvalue.TaggedOutput(
-                FAILURES,
-                failure_row(given_id or derive_video_id(bad_uri or json.dumps(row, default=str, sort_keys=True)),
-                            bad_uri, "input", type(e).__name__, str(e)),
-            )
+        outcome = request_or_failure(row)
+        if isinstance(outcome, VideoRequest):
+            yield outcome
             return
-        yield VideoRequest(given_id or derive_video_id(uri, start, end), uri, start, end)
+        if CARRIED not in row:  # a carried failure was counted where it was found
+            self._bad.inc()
+        yield beam.pvalue.TaggedOutput(FAILURES, outcome)
+
+
+def parse_line(line: str, kind: str, header: list[str] | None, line_column: str, comments: bool) -> dict | None:
+    """A manifest line -> row dict (None for a blank or comment line).
+
+    Raises:
+        ValueError: the line does not parse; the message says why.
+    """
+    if not line.strip() or (comments and line.lstrip().startswith("#")):
+        return None
+    if kind == "txt":
+        return {line_column: line.strip()}
+    if kind == "jsonl":
+        row = json.loads(line)
+        if not isinstance(row, dict):
+            raise ValueError(f"a JSON Lines row must be an object, got {type(row).__name__}")
+        return row
+    values = next(csv.reader([line]))
+    if len(values) != len(header):
+        raise ValueError(f"{len(values)} fields where the header has {len(header)}")
+    return dict(zip(header, values, strict=True))
 
 
 class _ParseLineFn(beam.DoFn):
@@ -139,24 +201,55 @@ class _ParseLineFn(beam.DoFn):
         self._comments = comments
 
     def process(self, line: str):
-        if not line.strip() or (self._comments and line.lstrip().startswith("#")):
-            return
         try:
-            if self._kind == "txt":
-                yield {self._column: line.strip()}
-            elif self._kind == "jsonl":
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError(f"a JSON Lines row must be an object, got {type(row).__name__}")
-                yield row
-            else:
-                values = next(csv.reader([line]))
-                if len(values) != len(self._header):
-                    raise ValueError(f"{len(values)} fields where the header has {len(self._header)}")
-                yield dict(zip(self._header, values, strict=True))
+            row = parse_line(line, self._kind, self._header, self._column, self._comments)
         except ValueError as e:
             Metrics.counter(NAMESPACE, "input_rows_invalid").inc()
-            yield beam.pvalue.TaggedOutput(BAD_LINES, {"line": line, "error_type": type(e).__name__, "message": str(e)})
+            yield beam.pvalue.TaggedOutput(BAD_LINES, bad_line(line, e))
+            return
+        if row is not None:
+            yield row
+
+
+def bad_line(line: str, error: Exception) -> dict[str, str]:
+    return {"line": line, "error_type": type(error).__name__, "message": str(error)}
+
+
+def read_input_rows(spec: str) -> Iterator[dict[str, Any]]:
+    """The rows --input names, read here rather than in a graph (the chunk planner's reading of it).
+
+    The same rows the graph's ReadVideoRequests reads: a glob's files as {"uri": path}, a manifest's
+    rows; a line that does not parse is a row carrying (CARRIED) the failure the graph gives it, which
+    ToVideoRequestFn passes on. One pass, line by line.
+    """
+    matches = sorted(m.path for m in FileSystems.match([spec])[0].metadata_list)
+    kind = input_kind(spec)
+    if kind == "glob":
+        yield from ({"uri": path} for path in matches)
+        return
+    for path in matches:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            with open_object(path) as f, pq.ParquetFile(f) as parquet:
+                for batch in parquet.iter_batches():
+                    yield from batch.to_pylist()
+            continue
+        with open_object(path) as f:
+            lines = io.TextIOWrapper(f, encoding="utf-8", newline="")
+            header = None
+            if kind == "csv":
+                first = lines.readline()
+                header = [c.strip() for c in next(csv.reader([first]), [])]
+            for line in lines:
+                line = line.rstrip("\r\n")
+                try:
+                    row = parse_line(line, kind, header, "uri", comments=True)
+                except ValueError as e:
+                    yield {CARRIED: _bad_line_failure(bad_line(line, e))}
+                    continue
+                if row is not None:
+                    yield row
 
 
 class ReadManifestRows(beam.PTransform):
@@ -190,6 +283,19 @@ def _bad_line_failure(bad: dict[str, str]) -> dict[str, Any]:
     return failure_row(derive_video_id(bad["line"]), "", "input", bad["error_type"], f"{bad['message']}: {bad['line'][:200]!r}")
 
 
+def keep_first(video_id: str, requests: list[VideoRequest]) -> tuple[VideoRequest, int, list[dict[str, Any]]]:
+    """Of requests sharing a video_id: the one that goes on, how many were exact repeats, and a
+    DuplicateVideoId failure for each that asks for something else."""
+    distinct = sorted(set(requests), key=lambda r: (r.uri, r.start_sec or 0.0, r.end_sec or math.inf))
+    conflicts = [
+        failure_row(video_id, other.uri, "input", "DuplicateVideoId",
+                    f"video_id {video_id!r} is already used by {distinct[0].uri!r}",
+                    segment=(other.start_sec, other.end_sec))
+        for other in distinct[1:]
+    ]
+    return distinct[0], len(requests) - len(distinct), conflicts
+
+
 class _KeepFirstFn(beam.DoFn):
     """Of requests sharing a video_id: one goes on; exact repeats are counted, conflicting ones fail."""
 
@@ -198,18 +304,11 @@ class _KeepFirstFn(beam.DoFn):
 
     def process(self, keyed):
         video_id, requests = keyed
-        requests = list(requests)
-        distinct = sorted(set(requests), key=lambda r: (r.uri, r.start_sec or 0.0, r.end_sec or math.inf))
-        self._repeats.inc(len(requests) - len(distinct))
-        requests = distinct
-        yield requests[0]
-        for other in requests[1:]:
-            yield beam.pvalue.TaggedOutput(
-                FAILURES,
-                failure_row(video_id, other.uri, "input", "DuplicateVideoId",
-                            f"video_id {video_id!r} is already used by {requests[0].uri!r}",
-                            segment=(other.start_sec, other.end_sec)),
-            )
+        first, repeats, conflicts = keep_first(video_id, list(requests))
+        self._repeats.inc(repeats)
+        yield first
+        for failure in conflicts:
+            yield beam.pvalue.TaggedOutput(FAILURES, failure)
 
 
 class ReadVideoRequests(beam.PTransform):

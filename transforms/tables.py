@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from s3d.architecture import EMBEDDING_DIM, MIXED_5C_DIM
-from storage.layout import summary_path, table_files, table_glob, table_prefix
+from storage.layout import any_layout_glob, summary_path, table_files, table_prefix
 from storage.objects import open_object, write_object
 from storage.paths import is_local, local_path
 from storage.runs import METADATA_KEY
@@ -200,7 +200,8 @@ class WriteTables(beam.PTransform):
         # `entries` only says the sinks have finalized. The rows come from a listing of the final
         # tables: a retried finalize skips the shards it already renamed and emits fewer names.
         del entries
-        rows = {table: count_rows(table_files(self._prefix, table)) for table in tables}
+        files = {table: table_files(self._prefix, table) for table in tables}
+        rows = {table: count_rows(files[table]) for table in tables}
         return write_summary(self._prefix, {
             **self._metadata,
             "status": "complete",
@@ -208,5 +209,6 @@ class WriteTables(beam.PTransform):
             "finished": utc_now(),
             "rows": rows,
             "counts": {name: rows[table] for name, table in self._counts.items()},
-            "tables": {t: table_glob(self._prefix, t) for t in tables},
+            "tables": {t: any_layout_glob(self._prefix, t) for t in tables},
+            "files": files,
         })

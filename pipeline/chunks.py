@@ -1,0 +1,233 @@
+"""Runs in chunks that commit on their own (--chunk_videos N): a run that dies loses only its running chunk.
+
+The launcher reads the input itself, drops the videos --skip_done names, keys every row by the
+video_id it ends up under, and cuts the ids, sorted, into chunks of at most N videos (rows that
+share an id stay together, so duplicates are found within a chunk). Each chunk is a run of its
+own under PREFIX/chunks/NNNNN/ (storage.layout): its input.jsonl, its tables, then its
+run_summary.json. The plan (PREFIX/chunks/plan.json, written after every chunk's input) names
+the parameters; the same command again resumes, running only the chunks without a summary.
+Once every chunk is complete, PREFIX/run_summary.json aggregates them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+
+from pipeline.options import runs_locally
+from pipeline.runner import Stopwatch, clear_previous_run, finish_summary, run_graph
+from storage.layout import (
+    CHUNK_INPUT_NAME,
+    any_layout_glob,
+    chunk_name,
+    chunk_prefix,
+    plan_path,
+    read_json,
+    read_summary,
+    table_files,
+)
+from storage.objects import write_object
+from storage.runs import differences, interchangeable
+from transforms.incremental import matching_table_files
+from transforms.inputs import CARRIED, input_key, keep_first, read_input_rows, request_or_failure
+from transforms.records import VideoRequest
+from transforms.tables import utc_now, write_summary
+
+log = logging.getLogger(__name__)
+
+# Counts that are not sums over chunks: this launch's, or the plan's.
+_NOT_SUMMED = {"chunks_total", "chunks_resumed", "videos_skipped_done"}
+
+
+class PlanMismatchError(ValueError):
+    """The prefix holds a chunked run made with other parameters; the message names them."""
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """What decides a run's chunks: equal ones resume each other's chunks."""
+
+    input: str
+    chunk_videos: int
+    skip_done: tuple[str, ...]
+    split_sec: float
+    metadata: dict[str, Any]
+
+    def identity(self) -> dict[str, Any]:
+        """The plan's parameters: the input and its cut, and what makes features interchangeable."""
+        return {"input": self.input, "chunk_videos": self.chunk_videos, "skip_done": list(self.skip_done),
+                "split_sec": self.split_sec, **interchangeable(self.metadata)}
+
+
+def done_ids(chunking: Chunking) -> set[str]:
+    """The video_ids --skip_done's earlier runs finished with interchangeable features."""
+    import pyarrow.parquet as pq
+
+    from storage.objects import open_object
+
+    ids: set[str] = set()
+    for path in matching_table_files(list(chunking.skip_done), "videos", chunking.metadata):
+        with open_object(path) as f, pq.ParquetFile(f) as parquet:
+            ids.update(parquet.read(columns=["video_id"]).column(0).to_pylist())
+    return ids
+
+
+def cut(rows: Iterable[dict[str, Any]], chunk_videos: int, done: set[str]) -> tuple[list[list[dict]], int]:
+    """Rows -> chunks of at most `chunk_videos` video ids, in id order; also how many videos were done.
+
+    The same rows give the same chunks whatever order they come in (a listing's, a manifest's).
+    """
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_id.setdefault(input_key(row), []).append(row)
+    skipped = 0
+    for key in done.intersection(by_id):
+        left, was_done = _left_when_done(key, by_id[key])
+        skipped += was_done
+        if left:
+            by_id[key] = left
+        else:
+            del by_id[key]
+    ids = sorted(by_id)
+    return [[row for key in ids[i:i + chunk_videos] for row in by_id[key]]
+            for i in range(0, len(ids), chunk_videos)], skipped
+
+
+def _left_when_done(key: str, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+    """What a done video's rows still owe, as a run's graph would give it: the failures of unusable rows
+    and of rows asking for something else under the same id; and whether a request of it was done."""
+    outcomes = [(row, request_or_failure(row)) for row in rows]
+    requests = [outcome for _, outcome in outcomes if isinstance(outcome, VideoRequest)]
+    left = [row for row, outcome in outcomes if not isinstance(outcome, VideoRequest)]
+    if not requests:
+        return left, False
+    _, _, conflicts = keep_first(key, requests)
+    return left + [{CARRIED: failure} for failure in conflicts], True
+
+
+def write_plan(output_prefix: str, chunking: Chunking) -> dict[str, Any]:
+    """Reads the input, cuts it, writes every chunk's input and then the plan (the plan last: a plan
+    that exists names chunks whose inputs all exist). Returns the plan."""
+    chunks, skipped = cut(read_input_rows(chunking.input), chunking.chunk_videos, done_ids(chunking))
+    entries = []
+    for index, rows in enumerate(chunks):
+        name = chunk_name(index)
+        data = "".join(json.dumps(row, default=str, sort_keys=True) + "\n" for row in rows).encode("utf-8")
+        write_object(chunk_input(output_prefix, name), data, "application/jsonl")
+        entries.append({"name": name, "videos": len({input_key(row) for row in rows}), "rows": len(rows)})
+    plan = {"identity": chunking.identity(), "chunks": entries, "videos_skipped_done": skipped, "created": utc_now()}
+    write_object(plan_path(output_prefix), json.dumps(plan, indent=1, sort_keys=True).encode("utf-8"),
+                 "application/json")
+    log.info("planned %d chunks of at most %d videos under %s (%d done before, skipped)",
+             len(entries), chunking.chunk_videos, output_prefix, skipped)
+    return plan
+
+
+def chunk_input(output_prefix: str, name: str) -> str:
+    return f"{chunk_prefix(output_prefix, name)}/{CHUNK_INPUT_NAME}"
+
+
+def existing_plan(output_prefix: str, chunking: Chunking, overwrite: bool) -> dict[str, Any] | None:
+    """The plan of a run to resume under the prefix, or None (no plan, or --overwrite).
+
+    Raises:
+        PlanMismatchError: a plan made with other parameters.
+    """
+    plan = read_json(plan_path(output_prefix))
+    if plan is None or overwrite:
+        return None
+    wanted, found = chunking.identity(), plan["identity"]
+    if found != wanted:
+        raise PlanMismatchError(
+            f"{output_prefix} holds a run in chunks made with other parameters ({differences(found, wanted)}): "
+            "run the same command to resume it, or pass --overwrite to start over")
+    return plan
+
+
+@dataclass
+class ChunkedLaunch:
+    """One launch of a run in chunks: what each chunk's graph needs, and how the summary is made."""
+
+    options: PipelineOptions
+    output_prefix: str
+    tables: tuple[str, ...]
+    build: Callable[..., Any]  # build(p, progress, input_spec, chunk_prefix)
+    metadata: dict[str, Any]
+    extra: Callable[[dict[str, int], str], dict[str, Any]]
+
+    def run(self, chunking: Chunking, overwrite: bool) -> tuple[dict[str, Any], str]:
+        """Plans (or resumes) and runs every chunk not yet complete, then writes the aggregate summary.
+
+        The caller holds the prefix's lease. Chunks run one after another: locally on this machine,
+        on Dataflow as one job each (named JOB-cNNNNN), each waited for.
+        """
+        watch, started = Stopwatch(), utc_now()
+        plan = existing_plan(self.output_prefix, chunking, overwrite)
+        if plan is None:
+            clear_previous_run(self.output_prefix, self.tables)
+            plan = write_plan(self.output_prefix, chunking)
+        names = [entry["name"] for entry in plan["chunks"]]
+        resumed = [name for name in names if read_summary(chunk_prefix(self.output_prefix, name)) is not None]
+        todo = [entry for entry in plan["chunks"] if entry["name"] not in resumed]
+        if todo and read_summary(self.output_prefix) is not None:
+            clear_previous_run(self.output_prefix, ())  # a stale top-level summary would say complete
+        if resumed:
+            log.info("resuming %s: %d of %d chunks are complete and kept", self.output_prefix, len(resumed), len(names))
+        for done, entry in enumerate(todo, start=len(resumed) + 1):
+            log.info("chunk %s (%d of %d): %d videos", entry["name"], done, len(names), entry["videos"])
+            self._run_chunk(entry)
+        return self._aggregate(plan, len(resumed), started, watch)
+
+    def _run_chunk(self, entry: dict[str, Any]) -> None:
+        name = entry["name"]
+        prefix = chunk_prefix(self.output_prefix, name)
+        clear_previous_run(prefix, self.tables)  # what a dead attempt left
+        google = self.options.view_as(GoogleCloudOptions)
+        base_name = google.job_name
+        if base_name and not runs_locally(self.options):
+            google.job_name = f"{base_name}-c{name}"  # a fixed name per chunk
+        watch, started = Stopwatch(), utc_now()
+        try:
+            result, _ = run_graph(
+                self.options, lambda p, progress: self.build(p, progress, chunk_input(self.output_prefix, name), prefix),
+                None, show_progress=True, expected=lambda: entry["videos"])
+        finally:
+            google.job_name = base_name
+        summary = finish_summary(prefix, self.tables, self.metadata, self.extra, result, started, watch)
+        write_summary(prefix, {**summary, "input": chunk_input(self.output_prefix, name)})
+
+    def _aggregate(self, plan: dict[str, Any], resumed: int, started: str, watch: Stopwatch) -> tuple[dict, str]:
+        """The top-level summary: every chunk's counts summed, with the chunks' own counts."""
+        summaries = [read_summary(chunk_prefix(self.output_prefix, e["name"])) for e in plan["chunks"]]
+        missing = [e["name"] for e, s in zip(plan["chunks"], summaries, strict=True) if s is None]
+        if missing:
+            raise RuntimeError(f"chunks {missing} of {self.output_prefix} have no summary after their jobs ended")
+        counts = _sum(s.get("counts", {}) for s in summaries)
+        counts.update({"videos_skipped_done": plan["videos_skipped_done"],
+                       "chunks_total": len(summaries), "chunks_resumed": resumed})
+        extras = self.extra({}, self.output_prefix)
+        summary = {
+            **self.metadata, "status": "complete", "output_prefix": self.output_prefix,
+            "started": started, "finished": utc_now(), "wall_seconds": round(watch.seconds, 2),
+            "rows": _sum(s.get("rows", {}) for s in summaries),
+            "counters": _sum(s.get("counters", {}) for s in summaries),
+            **{k: v for k, v in extras.items() if k != "counts"},
+            "counts": counts,
+            "tables": {t: any_layout_glob(self.output_prefix, t) for t in self.tables},
+            "files": {t: table_files(self.output_prefix, t) for t in self.tables},
+        }
+        return summary, write_summary(self.output_prefix, summary)
+
+
+def _sum(dicts: Iterable[dict[str, Any]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for d in dicts:
+        for key, value in d.items():
+            if isinstance(value, int | float) and not isinstance(value, bool) and key not in _NOT_SUMMED:
+                total[key] = total.get(key, 0) + value
+    return total

@@ -1,0 +1,206 @@
+"""Runs in chunks (--chunk_videos): the cut, the same rows as one run, resume, refusal, and what readers see."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import duckdb
+import pyarrow.dataset as ds
+import pytest
+from floats import assert_features_close
+
+from pipeline import check_run, extract
+from pipeline.chunks import cut
+from storage.layout import any_layout_glob, chunk_prefix, plan_path, read_summary, table_files
+from storage.runs import RunError, check_complete
+from synthetic.videos import write_video
+from transforms.inputs import CARRIED, input_key, read_input_rows
+
+FAST = ["--size", "64", "--frames_per_clip", "8", "--fps", "5"]
+FEATURES = ("mixed_5c", "video_embedding")
+
+
+def rows(prefix: str, table: str) -> list[dict]:
+    files = table_files(prefix, table)
+    assert files, f"no {table} files under {prefix}"
+    return ds.dataset(files, format="parquet").to_table().to_pylist()
+
+
+def by_key(table_rows: list[dict]) -> dict[tuple, dict]:
+    return {(r["video_id"], r.get("clip_index"), r.get("stage")): r for r in table_rows}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Five short videos in a CSV manifest, with a repeated row, a conflicting id, a row without a uri and a
+    line that does not parse: every kind of input the planner must key as the graph does."""
+    d = tmp_path_factory.mktemp("chunk_videos")
+    videos = [write_video(str(d / f"c{i}.mp4"), 10 + 3 * i, fps=10, width=64, height=48) for i in range(5)]
+    lines = ["uri,video_id"] + [f"{v}," for v in videos]
+    lines += [f"{videos[0]},", f"{videos[1]},{input_key({'uri': videos[0]})}", ",", "a,b,c"]
+    manifest = d / "m.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return {"videos": videos, "manifest": str(manifest), "dir": d}
+
+
+@pytest.fixture(scope="module")
+def one_run(corpus, standin_dir, tmp_path_factory):
+    prefix = str(tmp_path_factory.mktemp("unchunked") / "run")
+    assert extract.main(["--input", corpus["manifest"], "--output_prefix", prefix, "--model", standin_dir,
+                         *FAST]) == 0
+    return prefix
+
+
+def chunked_args(corpus, standin_dir, prefix, *extra):
+    return ["--input", corpus["manifest"], "--output_prefix", prefix, "--model", standin_dir, *FAST,
+            "--chunk_videos", "2", *extra]
+
+
+def test_the_cut_is_deterministic_bounded_and_keeps_an_ids_rows_together():
+    rows_ = [{"uri": f"/v/{i % 7}.mp4"} for i in range(10)]  # ids 0..6, three of them twice
+    rows_ += [{"uri": ""}, {CARRIED: {"video_id": "zz", "stage": "input", "error_type": "ValueError"}}]
+    chunks, skipped = cut(rows_, 3, done=set())
+    shuffled = rows_[:]
+    random.Random(0).shuffle(shuffled)
+    again, _ = cut(shuffled, 3, done=set())
+    key_sets = [sorted({input_key(r) for r in c}) for c in chunks]
+    assert key_sets == [sorted({input_key(r) for r in c}) for c in again]  # any input order, the same chunks
+    assert all(len(k) <= 3 for k in key_sets) and sum(len(k) for k in key_sets) == 9 and skipped == 0
+    assert sum(len(c) for c in chunks) == len(rows_)  # every row is in a chunk, repeats beside each other
+    assert [k for ks in key_sets for k in ks] == sorted(input_key(r) for r in {input_key(r): r for r in rows_}.values())
+    done = {input_key({"uri": "/v/1.mp4"}), input_key({"uri": "/v/5.mp4"}), "zz"}
+    fewer, skipped = cut(rows_, 3, done=done)
+    assert skipped == 2 and sum(len(c) for c in fewer) == len(rows_) - 3  # /v/1 was listed twice; zz is a failure
+    # A done video's other rows are still accounted for: a row asking for another file under its id fails.
+    conflict = {"uri": "/v/other.mp4", "video_id": input_key({"uri": "/v/1.mp4"})}
+    left, skipped = cut([*rows_, conflict], 3, done=done)
+    carried = [r[CARRIED] for c in left for r in c if CARRIED in r and r[CARRIED]["error_type"] == "DuplicateVideoId"]
+    assert skipped == 2 and [f["uri"] for f in carried] == ["/v/other.mp4"]
+
+
+def test_the_planner_reads_the_rows_the_graph_reads(corpus):
+    read = list(read_input_rows(corpus["manifest"]))
+    assert len(read) == 9
+    assert read[-1][CARRIED]["stage"] == "input" and "3 fields where the header has 2" in read[-1][CARRIED]["message"]
+    assert [r.get("uri") for r in read[:5]] == corpus["videos"]
+
+
+def test_a_run_in_chunks_has_the_rows_of_one_run(corpus, one_run, standin_dir, tmp_path):
+    prefix = str(tmp_path / "chunked")
+    assert extract.main(chunked_args(corpus, standin_dir, prefix)) == 0
+    plan = json.load(open(plan_path(prefix)))
+    assert [c["videos"] for c in plan["chunks"]] == [2, 2, 2, 1]  # 7 ids (5 videos, 2 unusable rows), by 2
+    summary, whole = read_summary(prefix), read_summary(one_run)
+    for key in ("videos_ok", "videos_failed", "clips", "input_duplicates", "frames_decoded"):
+        assert summary["counts"][key] == whole["counts"][key], key
+    assert summary["counts"]["chunks_total"] == 4 and summary["counts"]["chunks_resumed"] == 0
+    assert summary["rows"] == whole["rows"]
+    assert {r["error_type"] for r in summary["failure_reasons"]} == {r["error_type"] for r in whole["failure_reasons"]}
+    for table in ("clips", "videos", "failures"):
+        mine, theirs = by_key(rows(prefix, table)), by_key(rows(one_run, table))
+        assert mine.keys() == theirs.keys() and mine, table
+        for key, row in mine.items():
+            assert {k: v for k, v in row.items() if k not in FEATURES} == \
+                {k: v for k, v in theirs[key].items() if k not in FEATURES}, key
+            for f in FEATURES if table != "failures" else ():
+                assert_features_close(row[f], theirs[key][f], f"{key} {f}")
+        # The one glob for both layouts, and the summary's file list, read exactly these files.
+        assert sorted(summary["files"][table]) == table_files(prefix, table)
+        con = duckdb.connect()
+        glob_rows = con.sql(f"SELECT count(*) FROM read_parquet('{any_layout_glob(prefix, table)}')").fetchall()[0][0]
+        con.sql(f"SET VARIABLE files = (SELECT files.{table} FROM read_json('{prefix}/run_summary.json'))")
+        listed = con.sql("SELECT count(*) FROM read_parquet(getvariable('files'))").fetchall()[0][0]
+        assert glob_rows == listed == len(mine)
+    assert check_run.main(["--output_prefix", prefix, "--max_failure_rate", "1"]) == 0
+
+    # A chunk that died after its tables were final but before its summary: no reader sees it.
+    shutil.copytree(prefix, tmp_path / "broken")
+    broken = str(tmp_path / "broken")
+    os.remove(os.path.join(broken, "run_summary.json"))
+    os.remove(os.path.join(chunk_prefix(broken, "00001"), "run_summary.json"))
+    dead_ids = {r["video_id"] for r in ds.dataset(os.path.join(chunk_prefix(broken, "00001"), "videos")).to_table().to_pylist()}
+    assert dead_ids and not dead_ids & {r["video_id"] for r in rows(broken, "videos")}
+    with pytest.raises(RunError, match="did not complete"):
+        check_complete(broken)
+    assert check_run.main(["--output_prefix", broken]) == 2
+
+    # Resumed: only the chunk without a summary runs again; the others' files are untouched.
+    kept = {n: os.stat(os.path.join(chunk_prefix(broken, n), "run_summary.json")).st_mtime_ns
+            for n in ("00000", "00002", "00003")}
+    assert extract.main(chunked_args(corpus, standin_dir, broken)) == 0
+    resumed = read_summary(broken)
+    assert resumed["counts"]["chunks_resumed"] == 3 and resumed["counts"]["chunks_total"] == 4
+    assert {n: os.stat(os.path.join(chunk_prefix(broken, n), "run_summary.json")).st_mtime_ns for n in kept} == kept
+    assert by_key(rows(broken, "videos")).keys() == by_key(rows(prefix, "videos")).keys()
+    assert resumed["counts"]["videos_ok"] == summary["counts"]["videos_ok"]
+
+
+def test_other_parameters_are_refused_and_overwrite_starts_over(corpus, standin_dir, tmp_path, capsys):
+    prefix = str(tmp_path / "p")
+    small = tmp_path / "small.txt"
+    small.write_text("\n".join(corpus["videos"][:3]) + "\n")
+    args = ["--input", str(small), "--output_prefix", prefix, "--model", standin_dir, *FAST]
+    assert extract.main([*args, "--chunk_videos", "2"]) == 0
+    before = sorted(os.listdir(os.path.join(prefix, "chunks")))
+    capsys.readouterr()
+    assert extract.main([*args, "--chunk_videos", "2", "--fps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "other parameters" in err and "preprocessing" in err and "--overwrite" in err
+    assert sorted(os.listdir(os.path.join(prefix, "chunks"))) == before  # nothing touched
+    assert extract.main([*args, "--chunk_videos", "3", "--overwrite"]) == 0
+    assert read_summary(prefix)["counts"]["chunks_total"] == 1 and len(rows(prefix, "videos")) == 3
+    assert not os.path.exists(chunk_prefix(prefix, "00001"))  # the earlier plan's chunks are gone
+    # A run without chunks on the prefix replaces the chunked one: no chunk is left for a reader.
+    assert extract.main(args) == 0
+    assert not os.path.exists(os.path.join(prefix, "chunks"))
+    assert len(rows(prefix, "videos")) == 3 and all("/chunks/" not in f for f in table_files(prefix, "videos"))
+    assert extract.main([*args, "--overwrite"]) == 2
+    assert "--overwrite goes with --chunk_videos" in capsys.readouterr().err
+
+
+def test_skip_done_and_retry_read_a_chunked_run(corpus, standin_dir, tmp_path):
+    first = str(tmp_path / "first")
+    assert extract.main(chunked_args(corpus, standin_dir, first)) == 0
+    second = str(tmp_path / "second")
+    assert extract.main(chunked_args(corpus, standin_dir, second, "--skip_done", first)) == 0
+    summary = read_summary(second)
+    assert summary["counts"]["videos_skipped_done"] == 5  # every video; unusable rows are not done
+    assert summary["counts"]["videos_ok"] == 0
+    # The failures are the same as the first run's: unusable rows, and the row asking for another video
+    # under a done video's id.
+    assert sorted((r["error_type"], r["uri"]) for r in rows(second, "failures")) == \
+        sorted((r["error_type"], r["uri"]) for r in rows(first, "failures"))
+    retried = str(tmp_path / "retried")
+    assert extract.main(["--retry_failures", first, "--output_prefix", retried, "--model", standin_dir, *FAST]) == 0
+    assert read_summary(retried)["counts"]["failures_retried"] == read_summary(first)["counts"]["videos_failed"]
+
+
+def test_a_launcher_killed_mid_run_resumes_from_its_complete_chunks(corpus, standin_dir, tmp_path):
+    prefix = str(tmp_path / "killed")
+    listing = tmp_path / "five.txt"
+    listing.write_text("\n".join(corpus["videos"]) + "\n")
+    args = ["--input", str(listing), "--output_prefix", prefix, "--model", standin_dir, *FAST, "--chunk_videos", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.extract", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if read_summary(chunk_prefix(prefix, "00001")) is not None:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = [n for n in ("00000", "00001", "00002", "00003", "00004")
+                   if read_summary(chunk_prefix(prefix, n)) is not None]
+    assert read_summary(prefix) is None and 2 <= len(done_before) < 5
+    assert extract.main(args) == 0  # the stale lease is taken over, the complete chunks kept
+    summary = read_summary(prefix)
+    assert summary["counts"]["chunks_resumed"] == len(done_before)
+    assert sorted(r["uri"] for r in rows(prefix, "videos")) == sorted(corpus["videos"])  # each exactly once
