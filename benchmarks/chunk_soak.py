@@ -174,3 +174,45 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def section(model: str, log) -> str:
+    """The BENCHMARKS.md section (benchmarks.run --only soak)."""
+    from benchmarks.run import BENCH_CACHE, run_json
+
+    log("soak: 5,000 videos, chunks of 1,000, against one run; then killed at ~60% and resumed")
+    r = run_json(["benchmarks.chunk_soak", "--model", model, "--videos", "5000", "--chunk_videos", "1000",
+                  "--rounds", "2", "--workdir", os.path.join(BENCH_CACHE, "soak")])
+    plain, chunked = min(r["plain_wall_seconds"]), min(r["chunked_wall_seconds"])
+    peaks = r["chunk_peak_rss_mb"]
+    whole, after = r["accounted"], r["accounted_after_resume"]
+    return "\n".join([
+        "## Runs in chunks: a soak (local runner)",
+        "",
+        f"`python -m benchmarks.chunk_soak --videos {r['videos']} --chunk_videos {r['chunk_videos']} --rounds 2`: "
+        f"{r['videos']} one-second videos (64x48, one 8-frame clip each at 5 fps), the same run without chunks and "
+        "with them, alternated, each launch a process of its own; then a chunked launch killed with SIGKILL and "
+        "launched again.",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+        f"| wall s, one run (each round) | {', '.join(f'{w:.1f}' for w in r['plain_wall_seconds'])} |",
+        f"| wall s, in chunks (each round) | {', '.join(f'{w:.1f}' for w in r['chunked_wall_seconds'])} |",
+        f"| throughput in chunks / one run (best of each) | {plain / chunked:.3f} |",
+        f"| peak RSS per chunk, MB (launcher and its children) | {', '.join(str(p) for p in peaks)} |",
+        f"| last chunk's peak / first's | {peaks[-1] / peaks[0]:.3f} |",
+        f"| peak RSS of one run, MB | {r['plain_peak_rss_mb']:.0f} |",
+        f"| videos accounted for (videos + failures), once / more than once / missing | "
+        f"{whole['distinct']} / {whole['more_than_once']} / {whole['missing']} |",
+        f"| killed after s (about 60% of the chunked run) | {r['killed_after_seconds']} |",
+        f"| chunks complete at the kill, kept by the resume | {r['chunks_resumed']} of {r['chunks_total']} |",
+        f"| wall s killed + resumed (against one chunked run, {chunked:.1f}) | "
+        f"{r['killed_wall_seconds']} + {r['resume_wall_seconds']} |",
+        f"| work redone (killed + resumed - one chunked run), s | {r['redone_seconds']} |",
+        f"| after the resume: once / more than once / missing | "
+        f"{after['distinct']} / {after['more_than_once']} / {after['missing']} |",
+        "",
+        "A chunk costs about a second of its own locally (a graph built and started; the model is loaded once "
+        "per process, `transforms.inference.load_once`). The work redone after a kill is the killed chunk's "
+        "share done before the kill, plus the relaunch's start.",
+    ])

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import psutil
 
+from benchmarks import chunk_soak
 from benchmarks.model_throughput import VARIANTS
 
 BENCH_CACHE = os.path.join(".cache", "bench")  # generated source videos, kept between runs
@@ -687,7 +688,7 @@ SECTIONS: dict[str, Callable[..., str]] = {
     "model": model_section, "decode": decode_section, "split": split_section, "pipeline": pipeline_section,
     "search": search_section, "ann": ann_section, "index": index_section,
     "shuffle": shuffle_section, "precision": precision_section, "isolation": isolation_section,
-    "launch": launch_section,
+    "launch": launch_section, "soak": lambda model, log: chunk_soak.section(model, log),
 }
 
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+from apache_beam.runners.runner import PipelineState
 
 from pipeline.options import runs_locally
 from pipeline.runner import Stopwatch, clear_previous_run, finish_summary, run_graph
@@ -149,6 +151,20 @@ def existing_plan(output_prefix: str, chunking: Chunking, overwrite: bool) -> di
     return plan
 
 
+class ChunksFailedError(RuntimeError):
+    """Some chunks' jobs failed; the others are complete and kept. The message names them."""
+
+
+@dataclass
+class _Attempt:
+    """A chunk's graph that is running or done: its entry, the runner's result, when it started."""
+
+    entry: dict[str, Any]
+    result: Any
+    started: str
+    watch: Stopwatch
+
+
 @dataclass
 class ChunkedLaunch:
     """One launch of a run in chunks: what each chunk's graph needs, and how the summary is made."""
@@ -159,12 +175,19 @@ class ChunkedLaunch:
     build: Callable[..., Any]  # build(p, progress, input_spec, chunk_prefix)
     metadata: dict[str, Any]
     extra: Callable[[dict[str, int], str], dict[str, Any]]
+    parallel: int = 1  # chunks' jobs at once on a remote runner (locally one at a time)
+    poll_sec: float = 30.0  # how often running remote jobs are looked at
 
     def run(self, chunking: Chunking, overwrite: bool) -> tuple[dict[str, Any], str]:
         """Plans (or resumes) and runs every chunk not yet complete, then writes the aggregate summary.
 
-        The caller holds the prefix's lease. Chunks run one after another: locally on this machine,
-        on Dataflow as one job each (named JOB-cNNNNN), each waited for.
+        The caller holds the prefix's lease. Locally the chunks run one after another and the first
+        failure stops the launch (it is this machine's or this code's); on Dataflow each chunk is a job
+        (named JOB-cNNNNN), at most `parallel` at once, and a failed job costs its chunk only.
+
+        Raises:
+            PlanMismatchError: the prefix holds a chunked run made with other parameters.
+            ChunksFailedError: some chunks' jobs failed (the others are kept; the same command retries them).
         """
         watch, started = Stopwatch(), utc_now()
         plan = existing_plan(self.output_prefix, chunking, overwrite)
@@ -178,12 +201,32 @@ class ChunkedLaunch:
             clear_previous_run(self.output_prefix, ())  # a stale top-level summary would say complete
         if resumed:
             log.info("resuming %s: %d of %d chunks are complete and kept", self.output_prefix, len(resumed), len(names))
-        for done, entry in enumerate(todo, start=len(resumed) + 1):
-            log.info("chunk %s (%d of %d): %d videos", entry["name"], done, len(names), entry["videos"])
-            self._run_chunk(entry)
+        failed = self._run_all(todo, len(names))
+        if failed:
+            raise ChunksFailedError(
+                f"{len(failed)} of {len(names)} chunks failed ({', '.join(failed)}); the others are complete under "
+                f"{self.output_prefix}: run the same command again to run only the failed ones")
         return self._aggregate(plan, len(resumed), started, watch)
 
-    def _run_chunk(self, entry: dict[str, Any]) -> None:
+    def _run_all(self, todo: list[dict[str, Any]], total: int) -> list[str]:
+        """Runs the chunks, at most `parallel` at once on a remote runner; returns the names of those that failed."""
+        parallel = 1 if runs_locally(self.options) else self.parallel
+        queue, running, failed = list(todo), [], []
+        while queue or running:
+            while queue and len(running) < parallel:
+                entry = queue.pop(0)
+                number = total - len(queue)  # chunks before this one are complete, running or queued before
+                log.info("chunk %s (%d of %d): %d videos", entry["name"], number, total, entry["videos"])
+                running.append(self._start(entry))
+            finished = self._wait_any(running)
+            for attempt in finished:
+                running.remove(attempt)
+                if not self._finish(attempt):
+                    failed.append(attempt.entry["name"])
+        return sorted(failed)
+
+    def _start(self, entry: dict[str, Any]) -> _Attempt:
+        """Starts a chunk's graph (locally: runs it to the end) from a clean chunk directory."""
         name = entry["name"]
         prefix = chunk_prefix(self.output_prefix, name)
         clear_previous_run(prefix, self.tables)  # what a dead attempt left
@@ -195,11 +238,32 @@ class ChunkedLaunch:
         try:
             result, _ = run_graph(
                 self.options, lambda p, progress: self.build(p, progress, chunk_input(self.output_prefix, name), prefix),
-                None, show_progress=True, expected=lambda: entry["videos"])
+                None, show_progress=True, expected=lambda: entry["videos"], wait=False)
         finally:
             google.job_name = base_name
-        summary = finish_summary(prefix, self.tables, self.metadata, self.extra, result, started, watch)
+        return _Attempt(entry, result, started, watch)
+
+    def _wait_any(self, running: list[_Attempt]) -> list[_Attempt]:
+        """The attempts that are done (a remote job in a terminal state), waiting until there is one."""
+        while True:
+            done = [a for a in running if PipelineState.is_terminal(a.result.state)]
+            if done or not running:
+                return done
+            time.sleep(self.poll_sec)
+
+    def _finish(self, attempt: _Attempt) -> bool:
+        """Completes a chunk's summary with the launcher's part; False when its job did not succeed."""
+        name = attempt.entry["name"]
+        prefix = chunk_prefix(self.output_prefix, name)
+        state = attempt.result.state
+        if state != PipelineState.DONE or read_summary(prefix) is None:
+            log.error("chunk %s failed: its job ended %s%s", name, state,
+                      "" if state != PipelineState.DONE else " without writing its summary")
+            return False
+        summary = finish_summary(prefix, self.tables, self.metadata, self.extra, attempt.result, attempt.started,
+                                 attempt.watch)
         write_summary(prefix, {**summary, "input": chunk_input(self.output_prefix, name)})
+        return True
 
     def _aggregate(self, plan: dict[str, Any], resumed: int, started: str, watch: Stopwatch) -> tuple[dict, str]:
         """The top-level summary: every chunk's counts summed, with the chunks' own counts."""

@@ -16,7 +16,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import TestOptions
 
 from decoder import DecodeOptions
-from pipeline.chunks import ChunkedLaunch, Chunking, PlanMismatchError
+from pipeline.chunks import ChunkedLaunch, Chunking, ChunksFailedError, PlanMismatchError
 from pipeline.console import configure_logging
 from pipeline.options import (
     EXTRACT_INPUT_HELP,
@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     except (LeaseHeldError, PlanMismatchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ChunksFailedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     announce(summary, path, options, print_summary)
     return 0
 
@@ -202,7 +205,7 @@ def _run_in_chunks(options, io: IOOptions, opts: ExtractOptions, model: ModelOpt
         options, io.output_prefix, TABLES,
         lambda p, progress, input_spec, prefix: build_pipeline(p, input_spec, prefix, opts, model, decode, progress,
                                                                plan, skip_done=[]),
-        metadata, extra)
+        metadata, extra, parallel=opts.parallel_chunks)
     lease = acquire(io.output_prefix, None if runs_locally(options) else dataflow_job_state(options))
     try:
         return launch_.run(chunking, opts.overwrite)

@@ -300,6 +300,10 @@ class ExtractOptions(PipelineOptions):
                            "of at most this many videos, each a run of its own under PREFIX/chunks/NNNNN/ that "
                            "commits when done; the same command again resumes, running only the chunks not "
                            "complete. 0 = one run, all or nothing (default: 0)")
+        group.add_argument("--parallel_chunks", type=int, default=1,
+                           help="with --chunk_videos on Dataflow: chunks' jobs running at once, each a job named "
+                           "JOB_NAME-cNNNNN; a failed job costs its chunk only, and the same command again runs "
+                           "the chunks that did not complete (default: 1; local runs take one chunk at a time)")
         group.add_argument("--overwrite", type=_boolean, nargs="?", const=True, default=False,
                            help="with --chunk_videos: start over, deleting a run in chunks under the prefix even "
                            "when made with other parameters (without it, such a run makes the launch refuse)")
@@ -317,6 +321,8 @@ class ExtractOptions(PipelineOptions):
             raise ValueError(f"--decode_prefetch must be >= 0, got {self.decode_prefetch}")
         if self.chunk_videos is None or self.chunk_videos < 0:
             raise ValueError(f"--chunk_videos must be >= 0 (0: one run, no chunks), got {self.chunk_videos}")
+        if self.parallel_chunks is None or self.parallel_chunks < 1:
+            raise ValueError(f"--parallel_chunks must be >= 1, got {self.parallel_chunks}")
         if self.chunk_videos and self.retry_failures:
             raise ValueError("--chunk_videos and --retry_failures exclude each other: retry an earlier run's "
                              "failures in one run (they are a small share of it)")

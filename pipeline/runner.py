@@ -296,9 +296,10 @@ def dry_run(options: PipelineOptions, build: Callable[[beam.Pipeline, ProgressLo
 
 
 def run_graph(options: PipelineOptions, build: Callable[[beam.Pipeline, ProgressLog], Any], lease: Lease | None,
-              show_progress: bool = False, expected: Callable[[], int | None] | None = None):
+              show_progress: bool = False, expected: Callable[[], int | None] | None = None, wait: bool = True):
     """Runs the graph `build` adds; returns (result, lease), the result None when a remote job was submitted
-    and not waited for. A submitted Dataflow job gets `lease` (None: the caller keeps holding its own)."""
+    and not waited for (--wait=false, a staged template). A submitted Dataflow job gets `lease` (None: the
+    caller keeps holding its own). `wait=False` returns the result once submitted (a local job has ended)."""
     p = create_pipeline(options)
     show = show_progress and runs_locally(options)
     with _progress(show, expected() if show and expected is not None else None) as progress:
@@ -307,6 +308,8 @@ def run_graph(options: PipelineOptions, build: Callable[[beam.Pipeline, Progress
     job_id = _job_id(result)
     if job_id is not None and lease is not None:  # the job holds the prefix now, whatever becomes of this launcher
         lease = hand_to_job(lease, *_project_region(options), job_id)
+    if not wait:
+        return result, lease
     if not runs_locally(options) and (not options.view_as(IOOptions).wait or not getattr(result, "has_job", True)):
         # A Flex Template launch (or --template_location) stages the job and has no job to wait
         # for: the result's has_job is False and waiting or querying metrics would raise.

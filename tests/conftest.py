@@ -1,8 +1,8 @@
 """Shared fixtures: the stand-in model is exported once per session into a temp dir.
 
-In-process jobs load each model directory once per session (see `_one_load_per_model`);
-the jobs run in subprocesses (tests of the command line, of several worker processes, of a
-killed run) and the loader's own tests load for real every time.
+In-process jobs load each model once per test process, as any process does
+(transforms.inference.load_once); jobs run in subprocesses (tests of the command line, of
+several worker processes, of a killed run) and the loader's own tests load for real every time.
 """
 
 from __future__ import annotations
@@ -66,32 +66,6 @@ def standin_model(standin_dir):
 def other_standin_dir(tmp_path_factory) -> str:
     """A second stand-in (seed 1): a model whose features must not be mixed with the first's."""
     return export_once(tmp_path_factory, "other", seed=1)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _one_load_per_model():
-    """The model handler of in-process jobs reuses one loaded copy per (handle, precision) it asks for.
-
-    Loading the stand-in and optimizing its graph for the first batch take about 2.5 s of a
-    small job's 5 s; some twenty jobs run in this process. Each test writes its models to
-    directories of its own, so a handle never names two different models here. The cache sits
-    under the handler, at the loader it calls: whatever the handler decides (which precision a
-    task loads, the check of what the copy computes) runs as in production.
-    """
-    import transforms.inference
-    from s3d.loader import load_s3d
-
-    loaded: dict[tuple, object] = {}
-
-    def load_once(handle, precision="float32"):
-        key = (handle, precision, os.environ.get("ONEDNN_MAX_CPU_ISA"))
-        if key not in loaded:
-            loaded[key] = load_s3d(handle, precision=precision)
-        return loaded[key]
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(transforms.inference, "load_s3d", load_once)
-        yield
 
 
 # ---- object stores on 127.0.0.1 (tests/object_stores.py) ------------------------------------------

@@ -204,3 +204,80 @@ def test_a_launcher_killed_mid_run_resumes_from_its_complete_chunks(corpus, stan
     summary = read_summary(prefix)
     assert summary["counts"]["chunks_resumed"] == len(done_before)
     assert sorted(r["uri"] for r in rows(prefix, "videos")) == sorted(corpus["videos"])  # each exactly once
+
+
+def test_on_dataflow_at_most_parallel_chunk_jobs_run_and_a_failed_job_costs_its_chunk(tmp_path, monkeypatch):
+    """Dataflow is out of reach here: its pipeline result stands in at the runner boundary, as Beam's
+    DataflowPipelineResult behaves (`state` polls the job: RUNNING until a terminal DONE or FAILED; the
+    job's last step writes the chunk's run_summary.json, as WriteTables does)."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+    from apache_beam.runners.runner import PipelineState
+
+    from pipeline import chunks, runner
+    from transforms.tables import write_summary
+
+    listing = tmp_path / "five.txt"
+    listing.write_text("".join(f"/videos/{i}.mp4\n" for i in range(5)))
+    submitted, live, fail_once = [], set(), {"00002"}
+
+    class Job:
+        has_job = True
+
+        def __init__(self, name: str, prefix: str):
+            self.name, self.prefix, self.polls = name, prefix, 0
+
+        def job_id(self):
+            return f"job-{self.name}"
+
+        @property
+        def state(self):
+            self.polls += 1
+            if self.polls < 3:
+                return PipelineState.RUNNING
+            live.discard(self.name)
+            if self.name in fail_once:
+                return PipelineState.FAILED
+            write_summary(self.prefix, {"status": "complete", "counts": {"videos_ok": 1, "videos_failed": 0, "clips": 2},
+                                        "rows": {"clips": 2}})
+            return PipelineState.DONE
+
+        def metrics(self):
+            class Query:
+                def query(self):
+                    return {"counters": [], "distributions": []}
+            return Query()
+
+    class Pipeline:
+        def __init__(self, options):
+            self.job_name = options.view_as(GoogleCloudOptions).job_name
+
+        def run(self):
+            name = self.prefix.rsplit("/", 1)[1]
+            assert self.job_name == f"s3d-day-c{name}"  # a fixed name per chunk
+            submitted.append(name)
+            live.add(name)
+            assert len(live) <= 2, f"more than --parallel_chunks jobs at once: {sorted(live)}"
+            return Job(name, self.prefix)
+
+    def build(p, progress, input_spec, prefix):
+        assert input_spec == f"{prefix}/input.jsonl" and os.path.exists(input_spec)
+        p.prefix = prefix
+
+    monkeypatch.setattr(runner, "create_pipeline", Pipeline)
+    options = PipelineOptions(["--runner", "DataflowRunner", "--job_name", "s3d-day"])
+    prefix = str(tmp_path / "out")
+    chunking = chunks.Chunking(str(listing), 1, (), 600.0, {"model": "m", "preprocessing": {}})
+
+    def launch():
+        return chunks.ChunkedLaunch(options, prefix, ("clips",), build, {"model": "m"}, lambda c, p: {},
+                                    parallel=2, poll_sec=0).run(chunking, overwrite=False)
+
+    with pytest.raises(chunks.ChunksFailedError, match=r"1 of 5 chunks failed \(00002\)"):
+        launch()
+    assert sorted(submitted) == ["00000", "00001", "00002", "00003", "00004"] and read_summary(prefix) is None
+    fail_once.clear()
+    submitted.clear()
+    summary, _ = launch()
+    assert submitted == ["00002"]  # only the failed chunk runs again
+    assert summary["counts"]["chunks_resumed"] == 4 and summary["counts"]["videos_ok"] == 5
+    assert summary["rows"] == {"clips": 10}

@@ -9,7 +9,10 @@ behind Beam's cross-process proxy when the model is shared with `large_model` /
 
 from __future__ import annotations
 
+import collections
 import logging
+import os
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
@@ -26,6 +29,27 @@ from transforms.records import NAMESPACE, ClipItem, TextItem, check_worker_pytho
 Task = Literal["video", "text"]
 
 log = logging.getLogger(__name__)
+
+# Models this process loaded, the most recent last: a launcher that runs many graphs (a run in chunks)
+# loads and optimizes the module once, not once per graph, and does not grow by a model per graph.
+# Keyed by what load_s3d's result depends on: the handle, the precision, and oneDNN's ISA cap.
+_LOADED: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+_LOADED_KEEP = 8  # a run has a video and a text model; a process that runs many kinds of job (a notebook, a test) keeps more
+_LOAD_LOCK = threading.Lock()
+
+
+def load_once(handle: str, precision: str):
+    """load_s3d(handle, precision), reusing this process's earlier load of the same."""
+    key = (handle, precision, os.environ.get("ONEDNN_MAX_CPU_ISA"))
+    with _LOAD_LOCK:
+        if key in _LOADED:
+            _LOADED.move_to_end(key)
+            return _LOADED[key]
+        model = load_s3d(handle, precision=precision)
+        _LOADED[key] = model
+        while len(_LOADED) > _LOADED_KEEP:
+            _LOADED.popitem(last=False)
+        return model
 
 
 class S3DModelHandler(ModelHandler[Any, dict, Any]):
@@ -81,7 +105,7 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
     def load_model(self):
         check_worker_python(self._launcher_python)
         # The text tower is float32 at every precision: a text job does not lower the video tower.
-        model = load_s3d(self._handle, precision=self._precision if self._task == "video" else "float32")
+        model = load_once(self._handle, self._precision if self._task == "video" else "float32")
         if self._task == "video" and model.precision != self._precision:
             raise ModelLoadError(
                 f"this worker's video tower computes {model.precision} where the run records {self._precision} "
