@@ -40,7 +40,7 @@ def make_corpus(workdir: str, videos: int) -> str:
     for i in range(videos):
         link = os.path.join(workdir, "v", f"{i:06d}.mp4")
         if not os.path.lexists(link):
-            os.symlink(source, link)
+            os.symlink(os.path.abspath(source), link)
         uris.append(link)
     manifest = os.path.join(workdir, f"manifest_{videos}.txt")
     with open(manifest, "w") as f:
@@ -145,6 +145,12 @@ def main() -> None:
             prefix = os.path.join(args.workdir, name)
             shutil.rmtree(prefix, ignore_errors=True)
             runs.append(launch([*common, "--output_prefix", prefix, *extra]))
+    from storage.layout import read_summary
+
+    for name in ("plain", "chunked"):  # a soak of failures would measure nothing
+        ok = read_summary(os.path.join(args.workdir, name))["counts"]["videos_ok"]
+        if ok != args.videos:
+            raise RuntimeError(f"the {name} run decoded {ok} of {args.videos} videos: see its failures table")
     chunked_prefix = os.path.join(args.workdir, "chunked")
     peaks = chunk_peaks(chunked_prefix, chunked[-1]["samples"])
     whole = accounted(chunked_prefix, args.videos)
@@ -153,8 +159,6 @@ def main() -> None:
     shutil.rmtree(killed_prefix, ignore_errors=True)
     chunk_wall = min(r["wall_seconds"] for r in chunked)
     first = launch([*common, "--output_prefix", killed_prefix, *chunked_args], kill_after=0.6 * chunk_wall)
-    from storage.layout import read_summary
-
     second = launch([*common, "--output_prefix", killed_prefix, *chunked_args])
     summary = read_summary(killed_prefix)
     print(json.dumps({

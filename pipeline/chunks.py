@@ -21,7 +21,7 @@ from typing import Any
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
-from pipeline.options import runs_locally
+from pipeline.options import IOOptions, runs_locally
 from pipeline.runner import Stopwatch, clear_previous_run, finish_summary, run_graph
 from storage.layout import (
     CHUNK_INPUT_NAME,
@@ -33,6 +33,7 @@ from storage.layout import (
     read_summary,
     table_files,
 )
+from storage.lease import Lease, acquire, release
 from storage.objects import write_object
 from storage.runs import differences, interchangeable
 from transforms.incremental import matching_table_files
@@ -157,17 +158,25 @@ class ChunksFailedError(RuntimeError):
 
 @dataclass
 class _Attempt:
-    """A chunk's graph that is running or done: its entry, the runner's result, when it started."""
+    """A chunk's graph that is running or done: its entry, the runner's result, when it started, its lease."""
 
     entry: dict[str, Any]
     result: Any
     started: str
     watch: Stopwatch
+    lease: Lease | None
+
+
+STEPS_HELP = "all, plan, aggregate, or a chunk's name (NNNNN)"
 
 
 @dataclass
 class ChunkedLaunch:
-    """One launch of a run in chunks: what each chunk's graph needs, and how the summary is made."""
+    """One launch of a run in chunks: what each chunk's graph needs, and how the summary is made.
+
+    `run` does every step; a scheduler may do them apart (the Airflow DAG maps over chunks):
+    `plan`, then `run_chunk` once per chunk (any order, side by side), then `aggregate`.
+    """
 
     options: PipelineOptions
     output_prefix: str
@@ -177,36 +186,99 @@ class ChunkedLaunch:
     extra: Callable[[dict[str, int], str], dict[str, Any]]
     parallel: int = 1  # chunks' jobs at once on a remote runner (locally one at a time)
     poll_sec: float = 30.0  # how often running remote jobs are looked at
+    job_state: Callable | None = None  # a Dataflow job's state, to tell a stale lease (runner.dataflow_job_state)
 
     def run(self, chunking: Chunking, overwrite: bool) -> tuple[dict[str, Any], str]:
         """Plans (or resumes) and runs every chunk not yet complete, then writes the aggregate summary.
 
-        The caller holds the prefix's lease. Locally the chunks run one after another and the first
-        failure stops the launch (it is this machine's or this code's); on Dataflow each chunk is a job
-        (named JOB-cNNNNN), at most `parallel` at once, and a failed job costs its chunk only.
+        The caller holds the prefix's lease; each chunk's attempt holds its chunk's. Locally the chunks
+        run one after another and the first failure stops the launch (it is this machine's or this
+        code's); on Dataflow each chunk is a job (named JOB-cNNNNN), at most `parallel` at once, and a
+        failed job costs its chunk only.
 
         Raises:
             PlanMismatchError: the prefix holds a chunked run made with other parameters.
             ChunksFailedError: some chunks' jobs failed (the others are kept; the same command retries them).
         """
         watch, started = Stopwatch(), utc_now()
-        plan = existing_plan(self.output_prefix, chunking, overwrite)
-        if plan is None:
-            clear_previous_run(self.output_prefix, self.tables)
-            plan = write_plan(self.output_prefix, chunking)
+        plan = self.plan(chunking, overwrite)
         names = [entry["name"] for entry in plan["chunks"]]
-        resumed = [name for name in names if read_summary(chunk_prefix(self.output_prefix, name)) is not None]
-        todo = [entry for entry in plan["chunks"] if entry["name"] not in resumed]
-        if todo and read_summary(self.output_prefix) is not None:
-            clear_previous_run(self.output_prefix, ())  # a stale top-level summary would say complete
-        if resumed:
-            log.info("resuming %s: %d of %d chunks are complete and kept", self.output_prefix, len(resumed), len(names))
+        todo = [entry for entry in plan["chunks"] if not self._complete(entry["name"])]
+        if len(todo) < len(names):
+            log.info("resuming %s: %d of %d chunks are complete and kept", self.output_prefix,
+                     len(names) - len(todo), len(names))
         failed = self._run_all(todo, len(names))
         if failed:
             raise ChunksFailedError(
                 f"{len(failed)} of {len(names)} chunks failed ({', '.join(failed)}); the others are complete under "
                 f"{self.output_prefix}: run the same command again to run only the failed ones")
-        return self._aggregate(plan, len(resumed), started, watch)
+        return self._aggregate(plan, len(names) - len(todo), started, watch)
+
+    def plan(self, chunking: Chunking, overwrite: bool) -> dict[str, Any]:
+        """The plan to run: the prefix's own when its parameters match (a resume), else a new one.
+
+        The caller holds the prefix's lease. A stale top-level summary is removed while chunks are to do.
+        """
+        plan = existing_plan(self.output_prefix, chunking, overwrite)
+        if plan is None:
+            clear_previous_run(self.output_prefix, self.tables)
+            plan = write_plan(self.output_prefix, chunking)
+        if read_summary(self.output_prefix) is not None and not all(self._complete(e["name"]) for e in plan["chunks"]):
+            clear_previous_run(self.output_prefix, ())  # it would say complete
+        return plan
+
+    def run_chunk(self, chunking: Chunking, name: str) -> dict[str, Any] | None:
+        """One chunk of the prefix's plan, unless complete; its summary (None: a job submitted, not waited for).
+
+        Raises:
+            PlanMismatchError: no plan under the prefix, or one made with other parameters.
+            ChunksFailedError: the chunk's job failed.
+        """
+        entry = self._entry(chunking, name)
+        prefix = chunk_prefix(self.output_prefix, name)
+        if self._complete(name):
+            log.info("chunk %s of %s is complete: kept", name, self.output_prefix)
+            return read_summary(prefix)
+        wait = runs_locally(self.options) or self.options.view_as(IOOptions).wait
+        attempt = self._start(entry, hand_over=not wait)
+        if not wait:
+            return None  # the job writes the chunk's summary when its tables are final; it holds the chunk's lease
+        if not self._finish(attempt):
+            raise ChunksFailedError(f"chunk {name} of {self.output_prefix} failed: its job did not complete")
+        return read_summary(prefix)
+
+    def aggregate(self, chunking: Chunking) -> tuple[dict[str, Any], str]:
+        """The top-level summary of a plan whose chunks are all complete.
+
+        Raises:
+            PlanMismatchError: no plan under the prefix, or one made with other parameters.
+            ChunksFailedError: chunks that are not complete, named.
+        """
+        watch, started = Stopwatch(), utc_now()
+        plan = self._plan_or_refuse(chunking)
+        missing = [e["name"] for e in plan["chunks"] if not self._complete(e["name"])]
+        if missing:
+            raise ChunksFailedError(f"{len(missing)} of {len(plan['chunks'])} chunks of {self.output_prefix} are not "
+                                    f"complete ({', '.join(missing)}): run them first")
+        return self._aggregate(plan, len(plan["chunks"]), started, watch)
+
+    def _plan_or_refuse(self, chunking: Chunking) -> dict[str, Any]:
+        plan = existing_plan(self.output_prefix, chunking, overwrite=False)
+        if plan is None:
+            raise PlanMismatchError(f"{self.output_prefix} has no plan of a run in chunks: run the plan step first "
+                                    "(--chunk_step plan), with the same parameters")
+        return plan
+
+    def _entry(self, chunking: Chunking, name: str) -> dict[str, Any]:
+        plan = self._plan_or_refuse(chunking)
+        entry = next((e for e in plan["chunks"] if e["name"] == name), None)
+        if entry is None:
+            raise PlanMismatchError(f"the plan under {self.output_prefix} has no chunk {name!r} "
+                                    f"(it has {len(plan['chunks'])}: {chunk_name(0)} to {chunk_name(len(plan['chunks']) - 1)})")
+        return entry
+
+    def _complete(self, name: str) -> bool:
+        return read_summary(chunk_prefix(self.output_prefix, name)) is not None
 
     def _run_all(self, todo: list[dict[str, Any]], total: int) -> list[str]:
         """Runs the chunks, at most `parallel` at once on a remote runner; returns the names of those that failed."""
@@ -225,23 +297,30 @@ class ChunkedLaunch:
                     failed.append(attempt.entry["name"])
         return sorted(failed)
 
-    def _start(self, entry: dict[str, Any]) -> _Attempt:
-        """Starts a chunk's graph (locally: runs it to the end) from a clean chunk directory."""
+    def _start(self, entry: dict[str, Any], hand_over: bool = False) -> _Attempt:
+        """Takes the chunk's lease and starts its graph (locally: runs it to the end) from a clean chunk
+        directory; `hand_over`: a submitted Dataflow job holds the chunk's lease from then on."""
         name = entry["name"]
         prefix = chunk_prefix(self.output_prefix, name)
-        clear_previous_run(prefix, self.tables)  # what a dead attempt left
-        google = self.options.view_as(GoogleCloudOptions)
-        base_name = google.job_name
-        if base_name and not runs_locally(self.options):
-            google.job_name = f"{base_name}-c{name}"  # a fixed name per chunk
-        watch, started = Stopwatch(), utc_now()
+        lease = acquire(prefix, self.job_state)
         try:
-            result, _ = run_graph(
-                self.options, lambda p, progress: self.build(p, progress, chunk_input(self.output_prefix, name), prefix),
-                None, show_progress=True, expected=lambda: entry["videos"], wait=False)
-        finally:
-            google.job_name = base_name
-        return _Attempt(entry, result, started, watch)
+            clear_previous_run(prefix, self.tables)  # what a dead attempt left
+            google = self.options.view_as(GoogleCloudOptions)
+            base_name = google.job_name
+            if base_name and not runs_locally(self.options) and f"-c{name}" not in base_name:
+                google.job_name = f"{base_name}-c{name}"  # a fixed name per chunk (a scheduler may have named it)
+            watch, started = Stopwatch(), utc_now()
+            try:
+                result, handed = run_graph(
+                    self.options,
+                    lambda p, progress: self.build(p, progress, chunk_input(self.output_prefix, name), prefix),
+                    lease if hand_over else None, show_progress=True, expected=lambda: entry["videos"], wait=False)
+            finally:
+                google.job_name = base_name
+        except BaseException:
+            release(lease)
+            raise
+        return _Attempt(entry, result, started, watch, None if hand_over and handed is not None else lease)
 
     def _wait_any(self, running: list[_Attempt]) -> list[_Attempt]:
         """The attempts that are done (a remote job in a terminal state), waiting until there is one."""
@@ -252,18 +331,23 @@ class ChunkedLaunch:
             time.sleep(self.poll_sec)
 
     def _finish(self, attempt: _Attempt) -> bool:
-        """Completes a chunk's summary with the launcher's part; False when its job did not succeed."""
+        """Completes a chunk's summary with the launcher's part and gives its lease back; False when its
+        job did not succeed."""
         name = attempt.entry["name"]
         prefix = chunk_prefix(self.output_prefix, name)
-        state = attempt.result.state
-        if state != PipelineState.DONE or read_summary(prefix) is None:
-            log.error("chunk %s failed: its job ended %s%s", name, state,
-                      "" if state != PipelineState.DONE else " without writing its summary")
-            return False
-        summary = finish_summary(prefix, self.tables, self.metadata, self.extra, attempt.result, attempt.started,
-                                 attempt.watch)
-        write_summary(prefix, {**summary, "input": chunk_input(self.output_prefix, name)})
-        return True
+        try:
+            state = attempt.result.state
+            if state != PipelineState.DONE or read_summary(prefix) is None:
+                log.error("chunk %s failed: its job ended %s%s", name, state,
+                          "" if state != PipelineState.DONE else " without writing its summary")
+                return False
+            summary = finish_summary(prefix, self.tables, self.metadata, self.extra, attempt.result, attempt.started,
+                                     attempt.watch)
+            write_summary(prefix, {**summary, "input": chunk_input(self.output_prefix, name)})
+            return True
+        finally:
+            if attempt.lease is not None:
+                release(attempt.lease)
 
     def _aggregate(self, plan: dict[str, Any], resumed: int, started: str, watch: Stopwatch) -> tuple[dict, str]:
         """The top-level summary: every chunk's counts summed, with the chunks' own counts."""

@@ -8,6 +8,7 @@ Every input video ends up in exactly one of `videos` or `failures`.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from typing import Any
@@ -38,7 +39,7 @@ from pipeline.runner import (
     parse_job_args,
 )
 from s3d.precision import PrecisionPlan
-from storage.layout import any_layout_glob, table_files
+from storage.layout import any_layout_glob, chunk_prefix, summary_path, table_files
 from storage.lease import LeaseHeldError, acquire, release
 from storage.runs import split_list
 from transforms.assemble import AssembleVideos
@@ -179,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     metadata = run_metadata(decode, model, plan)
     try:
         if opts.chunk_videos and not options.view_as(TestOptions).dry_run:
-            summary, path = _run_in_chunks(options, io, opts, model, decode, plan, metadata, extra)
+            announced = _run_in_chunks(options, io, opts, model, decode, plan, metadata, extra)
+            if announced is None:
+                return 0
+            summary, path = announced
         else:
             summary, path = launch(
                 options, io.output_prefix, TABLES,
@@ -198,16 +202,35 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_in_chunks(options, io: IOOptions, opts: ExtractOptions, model: ModelOptions, decode: DecodeOptions,
-                   plan: PrecisionPlan, metadata: dict[str, Any], extra) -> tuple[dict[str, Any], str]:
-    """--chunk_videos: the run as chunks under the prefix's lease (pipeline.chunks)."""
+                   plan: PrecisionPlan, metadata: dict[str, Any], extra) -> tuple[dict[str, Any], str] | None:
+    """--chunk_videos: the run as chunks (pipeline.chunks), the step --chunk_step names.
+
+    Every step but a single chunk's holds the prefix's lease; a chunk's attempt holds its chunk's.
+    Returns the summary to announce (None when the step printed what it has to say).
+    """
     chunking = Chunking(io.input, opts.chunk_videos, tuple(split_list(opts.skip_done)), opts.split_sec, metadata)
+    job_state = None if runs_locally(options) else dataflow_job_state(options)
     launch_ = ChunkedLaunch(
         options, io.output_prefix, TABLES,
         lambda p, progress, input_spec, prefix: build_pipeline(p, input_spec, prefix, opts, model, decode, progress,
                                                                plan, skip_done=[]),
-        metadata, extra, parallel=opts.parallel_chunks)
-    lease = acquire(io.output_prefix, None if runs_locally(options) else dataflow_job_state(options))
+        metadata, extra, parallel=opts.parallel_chunks, job_state=job_state)
+    step = opts.chunk_step
+    if step not in ("all", "plan", "aggregate"):
+        summary = launch_.run_chunk(chunking, step)
+        prefix = chunk_prefix(io.output_prefix, step)
+        if summary is None:
+            return {**metadata, "status": "submitted"}, summary_path(prefix)
+        print(f"chunk {step}: {summary['counts']} -> {summary_path(prefix)}")
+        return None
+    lease = acquire(io.output_prefix, job_state)
     try:
+        if step == "plan":
+            names = [entry["name"] for entry in launch_.plan(chunking, opts.overwrite)["chunks"]]
+            print(json.dumps(names))  # the last line: a scheduler maps over it
+            return None
+        if step == "aggregate":
+            return launch_.aggregate(chunking)
         return launch_.run(chunking, opts.overwrite)
     finally:
         release(lease)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -304,6 +305,12 @@ class ExtractOptions(PipelineOptions):
                            help="with --chunk_videos on Dataflow: chunks' jobs running at once, each a job named "
                            "JOB_NAME-cNNNNN; a failed job costs its chunk only, and the same command again runs "
                            "the chunks that did not complete (default: 1; local runs take one chunk at a time)")
+        group.add_argument("--chunk_step", default="all",
+                           help="with --chunk_videos, for a scheduler that runs the steps apart (the Airflow DAG): "
+                           "'plan' writes or checks the plan and prints the chunks' names as a JSON list on its "
+                           "last line; a chunk's name (00003) runs that chunk unless complete, under its own lease "
+                           "(chunks may run side by side); 'aggregate' writes the run's summary once every chunk "
+                           "is complete. Default: all, every step in this launch")
         group.add_argument("--overwrite", type=_boolean, nargs="?", const=True, default=False,
                            help="with --chunk_videos: start over, deleting a run in chunks under the prefix even "
                            "when made with other parameters (without it, such a run makes the launch refuse)")
@@ -323,6 +330,10 @@ class ExtractOptions(PipelineOptions):
             raise ValueError(f"--chunk_videos must be >= 0 (0: one run, no chunks), got {self.chunk_videos}")
         if self.parallel_chunks is None or self.parallel_chunks < 1:
             raise ValueError(f"--parallel_chunks must be >= 1, got {self.parallel_chunks}")
+        if self.chunk_step != "all" and not self.chunk_videos:
+            raise ValueError("--chunk_step goes with --chunk_videos")
+        if self.chunk_step not in ("all", "plan", "aggregate") and not re.fullmatch(r"\d{5}", self.chunk_step or ""):
+            raise ValueError(f"--chunk_step takes all, plan, aggregate or a chunk's name (00003), got {self.chunk_step!r}")
         if self.chunk_videos and self.retry_failures:
             raise ValueError("--chunk_videos and --retry_failures exclude each other: retry an earlier run's "
                              "failures in one run (they are a small share of it)")

@@ -281,3 +281,30 @@ def test_on_dataflow_at_most_parallel_chunk_jobs_run_and_a_failed_job_costs_its_
     assert submitted == ["00002"]  # only the failed chunk runs again
     assert summary["counts"]["chunks_resumed"] == 4 and summary["counts"]["videos_ok"] == 5
     assert summary["rows"] == {"clips": 10}
+
+
+def test_the_steps_apart_as_a_scheduler_runs_them(corpus, standin_dir, tmp_path, capsys):
+    """plan, then each chunk (any order), then aggregate: what the Airflow DAG's tasks run."""
+    prefix = str(tmp_path / "steps")
+    listing = tmp_path / "three.txt"
+    listing.write_text("\n".join(corpus["videos"][:3]) + "\n")
+    args = ["--input", str(listing), "--output_prefix", prefix, "--model", standin_dir, *FAST, "--chunk_videos", "1"]
+    assert extract.main([*args, "--chunk_step", "00000"]) == 2
+    assert "no plan of a run in chunks" in capsys.readouterr().err
+    assert extract.main([*args, "--chunk_step", "plan"]) == 0
+    names = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert names == ["00000", "00001", "00002"] and read_summary(chunk_prefix(prefix, "00000")) is None
+    assert extract.main([*args, "--chunk_step", "00002"]) == 0
+    assert read_summary(chunk_prefix(prefix, "00002"))["counts"]["videos_ok"] == 1
+    assert extract.main([*args, "--chunk_step", "aggregate"]) == 1
+    assert "2 of 3 chunks" in capsys.readouterr().err and read_summary(prefix) is None
+    for name in ("00001", "00000", "00002"):  # 00002 again: complete, kept
+        assert extract.main([*args, "--chunk_step", name]) == 0
+    assert extract.main([*args, "--chunk_step", "00003"]) == 2
+    assert "has no chunk '00003'" in capsys.readouterr().err
+    assert extract.main([*args, "--chunk_step", "aggregate"]) == 0
+    summary = read_summary(prefix)
+    assert summary["counts"]["videos_ok"] == 3 and summary["counts"]["chunks_total"] == 3
+    assert extract.main([*args, "--chunk_step", "plan", "--fps", "4"]) == 2  # other parameters: refused
+    assert extract.main([*args[:-2], "--chunk_step", "plan"]) == 2
+    assert "--chunk_step goes with --chunk_videos" in capsys.readouterr().err

@@ -1,8 +1,12 @@
-"""Airflow DAG: every day, extract S3D features for the day just ended, then check the failure rate.
+"""Airflow DAG: every day, extract S3D features for the day just ended, in chunks, then check the failure rate.
 
-Both steps run in the project's environment: `python -m pipeline.extract`, then
-`python -m pipeline.check_run`, which reads the run summary through the project's own
-output layout (so the DAG derives no paths itself, and reads gs:// like the job writes it).
+The day's run is a run in chunks (the job's --chunk_videos, the `chunk_videos` parameter):
+plan_chunks cuts the day's manifest into chunks, `extract` maps over them (dynamic task
+mapping: one task instance, and on Dataflow one job, per chunk, retried alone when it fails),
+aggregate writes the run's summary once every chunk is complete, and check_failure_rate reads
+it. Every step runs in the project's environment (`python -m pipeline.extract --chunk_step
+...`, then `python -m pipeline.check_run`), through the project's own output layout (so the
+DAG derives no paths itself, and reads gs:// like the job writes it).
 
 The extraction runs in the project's own Python environment (Airflow's and TensorFlow's
 dependencies do not mix), on the DirectRunner or on Dataflow (the `runner` parameter).
@@ -31,10 +35,10 @@ Missed days, retries and time limits (the policy; tests/test_dag.py checks each)
 - catchup=True with max_active_runs=1: a day the scheduler missed (Airflow down, the DAG
   paused) is run later, oldest first, one at a time; none is skipped silently. Set
   S3D_START_DATE to the first day you want processed, or the DAG backfills from the default.
-- extract: 2 retries, 15 minutes apart, doubling. A retry is safe: while the day's Dataflow job
-  still runs, the retry waits for it (ExtractOperator) instead of starting a duplicate, and the
-  job's lease on its prefix refuses any other launch there; a retry after it ended replaces
-  its output.
+- extract (each chunk): 2 retries, 15 minutes apart, doubling. A retry is safe: while the chunk's
+  Dataflow job still runs, the retry waits for it (ExtractOperator) instead of starting a
+  duplicate, and the job's lease on its chunk refuses any other launch there; a retry after it
+  ended runs the chunk again from a clean chunk directory. A complete chunk is never run again.
 - extract: execution_timeout 20 hours, so a day's run ends (and is retried) before the next
   day's is due; check_failure_rate: no retry (a retry gives the same answer), 30 minutes at most.
 """
@@ -50,7 +54,7 @@ import pendulum
 from airflow.providers.apache.beam.operators.beam import BeamRunPythonPipelineOperator
 from airflow.providers.google.cloud.operators.dataflow import DataflowConfiguration
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG, CronTriggerTimetable, Param
+from airflow.sdk import DAG, CronTriggerTimetable, Param, task
 
 
 def _required_setting(name: str, example: str) -> str:
@@ -86,6 +90,9 @@ PARAMS = {
     "precision": Param("float32", enum=["float32", "bfloat16", "float16"],
                        description="what the video tower computes in: bfloat16 on CPUs with AVX512_BF16/AMX, "
                        "float16 on GPU workers (see the README); part of the run's identity for skip_done"),
+    "chunk_videos": Param(10000, type="integer", minimum=1,
+                          description="videos per chunk: each chunk commits on its own, and a failed one is retried "
+                          "alone (the job's --chunk_videos)"),
     "max_failure_rate": Param(0.05, type="number", minimum=0, maximum=1,
                               description="the run fails when more than this share of its videos failed"),
     # Dataflow only:
@@ -137,7 +144,35 @@ PIPELINE_OPTIONS = {
     # when the task is killed). A string: the Beam provider's beam_options_to_args drops options
     # whose value is False.
     "wait": "false",
+    "chunk_videos": "{{ params.chunk_videos }}",
 }
+
+# The plan and aggregate steps run the launcher only (no job): the same options, so the plan's
+# parameters are the chunks' (a run's identity includes the model, preprocessing and precision).
+STEP_OPTIONS = {
+    **{k: v for k, v in PIPELINE_OPTIONS.items() if k != "wait"},
+    "runner": "{{ params.runner }}",
+    "project": "{{ params.project if params.runner == 'DataflowRunner' else '' }}",
+    "region": "{{ params.region if params.runner == 'DataflowRunner' else '' }}",
+}
+
+
+def step_command(step: str) -> str:
+    """The launcher's command for a chunk step; each option's value comes from the task's environment
+    (rendered there), so no value is ever parsed by the shell. An empty value is an option left out."""
+    flags = " ".join(f'"--{name}=${{S3D_OPTION_{name.upper()}}}"' for name in STEP_OPTIONS)
+    return f"{shlex.quote(S3D_PYTHON)} -m pipeline.extract {flags} --chunk_step={step}"
+
+
+STEP_ENV = {f"S3D_OPTION_{name.upper()}": value for name, value in STEP_OPTIONS.items()}
+
+
+def chunk_names(plan_line: str) -> list[str]:
+    """The chunks the plan step printed (its last line, a JSON list), to map `extract` over."""
+    names = json.loads(plan_line)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"the plan step's last line is not a JSON list of chunk names: {plan_line!r}")
+    return names
 
 
 class ExtractDataflowConfiguration(DataflowConfiguration):
@@ -176,6 +211,20 @@ class ExtractOperator(BeamRunPythonPipelineOperator):
         return True
 
 
+class ExtractChunkOperator(ExtractOperator):
+    """ExtractOperator for one chunk of the day's run (`chunk`, mapped): the launcher runs that chunk
+    only, as a Dataflow job of its own fixed name, DAY_JOB-cNNNNN."""
+
+    def __init__(self, *, chunk: str, **kwargs):
+        super().__init__(**kwargs)
+        self.chunk = chunk
+
+    def execute(self, context):
+        self.pipeline_options = {**self.pipeline_options, "chunk_step": self.chunk}
+        self.dataflow_config.job_name = f"{self.dataflow_config.job_name}-c{self.chunk}"
+        return super().execute(context)
+
+
 with DAG(
     dag_id="s3d_daily_extract",
     description="Daily S3D MIL-NCE feature extraction with a failure-rate check",
@@ -188,7 +237,18 @@ with DAG(
     render_template_as_native_obj=False,
     tags=["s3d", "beam"],
 ) as dag:
-    extract = ExtractOperator(
+    plan_chunks = BashOperator(
+        task_id="plan_chunks",
+        bash_command=step_command("plan"),  # its last line, the chunks' names, is the task's XCom
+        env=STEP_ENV,
+        append_env=True,
+        retries=EXTRACT_RETRIES,
+        retry_delay=EXTRACT_RETRY_DELAY,
+        execution_timeout=CHECK_TIMEOUT,
+    )
+    names = task(chunk_names, task_id="chunk_names")(plan_chunks.output)
+
+    extract = ExtractChunkOperator.partial(
         task_id="extract",
         py_file="pipeline.extract",
         py_options=["-m"],  # python -m pipeline.extract, from the project's environment
@@ -206,6 +266,15 @@ with DAG(
         retry_delay=EXTRACT_RETRY_DELAY,
         retry_exponential_backoff=True,
         execution_timeout=EXTRACT_TIMEOUT,
+    ).expand(chunk=names)
+
+    aggregate = BashOperator(
+        task_id="aggregate",
+        bash_command=step_command("aggregate"),
+        env=STEP_ENV,
+        append_env=True,
+        retries=0,  # it fails only when a chunk is not complete: a retry gives the same answer
+        execution_timeout=CHECK_TIMEOUT,
     )
 
     # The check runs in the project's environment and reads the run through the project's own
@@ -220,4 +289,4 @@ with DAG(
         execution_timeout=CHECK_TIMEOUT,
     )
 
-    extract >> check
+    plan_chunks >> names >> extract >> aggregate >> check

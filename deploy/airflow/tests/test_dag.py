@@ -32,10 +32,19 @@ def dag():
     return bag.get_dag("s3d_daily_extract")
 
 
+def _extract(dag, chunk: str = "00000"):
+    """The `extract` task of one chunk, as a mapped task instance runs it."""
+    return dag.get_task("extract").unmap({"chunk": chunk})
+
+
 def test_dag_imports_without_errors_and_has_its_tasks(dag):
     assert dag is not None
-    assert sorted(t.task_id for t in dag.tasks) == ["check_failure_rate", "extract"]
-    assert dag.get_task("extract").downstream_task_ids == {"check_failure_rate"}
+    assert sorted(t.task_id for t in dag.tasks) == [
+        "aggregate", "check_failure_rate", "chunk_names", "extract", "plan_chunks"]
+    assert dag.get_task("plan_chunks").downstream_task_ids == {"chunk_names"}
+    assert dag.get_task("extract").upstream_task_ids == {"chunk_names"}
+    assert dag.get_task("extract").downstream_task_ids == {"aggregate"}
+    assert dag.get_task("aggregate").downstream_task_ids == {"check_failure_rate"}
 
 
 def test_without_the_interpreter_setting_the_import_error_says_what_to_set():
@@ -51,7 +60,7 @@ def _params(dag) -> dict:
 
 
 def _render(dag, dag_run, **params):
-    op = dag.get_task("extract")
+    op = _extract(dag)
     context = {"params": {**_params(dag), **params}, "dag_run": dag_run}
     # Nested objects are rendered in place: render a copy, as each task run renders its own.
     return (op.render_template(op.pipeline_options, context),
@@ -81,7 +90,8 @@ def test_a_scheduled_run_processes_the_day_that_just_ended(dag):
     assert options["model"].startswith("gs://")  # workers may have no internet
     assert options["wait"] == "false"  # a string: the Beam hook drops False
     assert runner == "DirectRunner"
-    assert config.job_name == "s3d-extract-20261124"
+    assert options["chunk_videos"] == "10000"
+    assert config.job_name == "s3d-extract-20261124"  # the chunk's suffix is added when it runs
     # DataflowConfiguration does not template project_id; the DAG's subclass does.
     assert config.project_id == "my-project" and config.location == "us-central1"
 
@@ -192,7 +202,7 @@ def test_deferrable_applies_to_dataflow_runs_only(dag, monkeypatch):
     monkeypatch.setattr(DataflowHook, "get_conn", lambda self: _FakeDataflowApi("other-job", polls=-1))  # none live
     seen = []
     monkeypatch.setattr(BeamRunPythonPipelineOperator, "execute", lambda self, context: seen.append(self.deferrable))
-    op = copy.deepcopy(dag.get_task("extract"))
+    op = _extract(dag)
     for runner in ("DirectRunner", "DataflowRunner"):
         op.deferrable, op.runner = True, runner
         op.execute({})
@@ -214,7 +224,7 @@ def test_missed_days_are_run_later_oldest_first(dag):
 
 
 def test_retries_and_time_limits(dag):
-    extract, check = dag.get_task("extract"), dag.get_task("check_failure_rate")
+    extract, check = dag.get_task("extract"), dag.get_task("check_failure_rate")  # each chunk's task
     assert extract.retries == 2 and extract.retry_delay == datetime.timedelta(minutes=15)
     assert extract.retry_exponential_backoff
     # A day's run ends, and its retries start, before the next day's run is due.
@@ -280,17 +290,43 @@ def test_a_retry_waits_for_the_days_job_that_still_runs(dag, monkeypatch, runnin
     from airflow.providers.google.cloud.hooks.dataflow import DataflowHook
 
     monkeypatch.setenv("AIRFLOW_CONN_GOOGLE_CLOUD_DEFAULT", "google-cloud-platform://")  # a connection, no key
-    api = _FakeDataflowApi("s3d-extract-20261125-a1b2c3", polls=2 if running else -1)
+    api = _FakeDataflowApi("s3d-extract-20261125-c00003-a1b2c3", polls=2 if running else -1)
     monkeypatch.setattr(DataflowHook, "get_conn", lambda self: api)
     launched = []
     monkeypatch.setattr(BeamRunPythonPipelineOperator, "execute", lambda self, context: launched.append(True))
-    op = copy.deepcopy(dag.get_task("extract"))
+    op = _extract(dag, "00003")
     op.runner = "DataflowRunner"
     op.dataflow_config.job_name, op.dataflow_config.project_id = "s3d-extract-20261125", "my-project"
     op.dataflow_config.location, op.dataflow_config.poll_sleep = "us-central1", 0
     op.execute({})
+    assert op.dataflow_config.job_name == "s3d-extract-20261125-c00003"  # the chunk's own job
     if running:  # no second job: the first one was waited for until it was done
         assert launched == [] and api.job["currentState"] == "JOB_STATE_DONE"
         assert ("list", "my-project", "us-central1") in api.calls
     else:  # the day's job is over (or never ran): the task launches it
         assert launched == [True]
+
+
+def test_a_chunk_whose_task_fails_once_is_retried_alone(dag, inputs, tmp_path):
+    """Two chunks; chunk 00001's first task attempt dies (its worker process exits 1 before the launcher
+    runs, as a lost Airflow worker would): that task alone runs again, and the day completes."""
+    calls, failed = tmp_path / "calls.log", tmp_path / "failed_once"
+    flaky = tmp_path / "flaky_python"
+    flaky.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {calls}\n'
+        f'case "$*" in *--chunk_step=00001*) [ -e {failed} ] || {{ touch {failed}; echo "worker lost" >&2; exit 1; }};; esac\n'
+        f'exec {S3D_PYTHON} "$@"\n')
+    flaky.chmod(0o755)
+    dag = copy.deepcopy(dag)
+    extract = dag.get_task("extract")
+    extract.partial_kwargs["py_interpreter"] = str(flaky)
+    extract.retry_delay, extract.retry_exponential_backoff = datetime.timedelta(0), False
+    conf = {**_conf(inputs, 0.05), "output_root": str(tmp_path / "features"), "chunk_videos": 1}
+    run = dag.test(logical_date=datetime.datetime(2026, 11, 25, tzinfo=UTC), run_conf=conf)
+    assert run.state == "success"
+    lines = calls.read_text().splitlines()
+    assert sum("--chunk_step=00000" in line for line in lines) == 1
+    assert sum("--chunk_step=00001" in line for line in lines) == 2  # the failed attempt and its retry
+    summary = json.loads((tmp_path / "features" / "dt=2026-11-24" / "run_summary.json").read_text())
+    assert summary["counts"]["chunks_total"] == 2 and summary["counts"]["videos_ok"] == 2
