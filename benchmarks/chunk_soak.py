@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -81,8 +82,8 @@ class TreeRss:
 def launch(args: list[str], kill_after: float | None = None) -> dict:
     """Runs the extraction job; SIGKILLs it after `kill_after` seconds when given. Wall time and samples."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.extract", *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a pipe nobody reads fills and blocks the job
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.extract", *args], stdout=subprocess.DEVNULL, stderr=log)
     rss = TreeRss(proc.pid)
     killed_at = None
     try:
@@ -93,7 +94,8 @@ def launch(args: list[str], kill_after: float | None = None) -> dict:
         proc.wait()
     rss.stop()
     if killed_at is None and proc.returncode != 0:
-        raise RuntimeError(f"pipeline.extract failed ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+        log.seek(0)
+        raise RuntimeError(f"pipeline.extract failed ({proc.returncode}): {log.read()[-2000:]}")
     return {"wall_seconds": time.perf_counter() - start, "samples": rss.samples, "killed_at": killed_at,
             "peak_rss_mb": max((mb for _, mb in rss.samples), default=0.0)}
 
@@ -104,11 +106,11 @@ def _epoch(iso: str) -> float:
 
 def chunk_peaks(prefix: str, samples: list[tuple[float, float]]) -> list[float]:
     """The launcher tree's peak RSS during each chunk, in chunk order (from each chunk's summary)."""
-    from storage.layout import chunk_prefix, plan_path, read_json, read_summary
+    from storage.layout import chunk_summary, plan_path, read_json
 
     peaks = []
     for entry in read_json(plan_path(prefix))["chunks"]:
-        summary = read_summary(chunk_prefix(prefix, entry["name"]))
+        summary = chunk_summary(prefix, entry["name"])
         start, end = _epoch(summary["started"]), _epoch(summary["finished"]) + 1  # whole seconds
         peaks.append(max((mb for t, mb in samples if start <= t <= end), default=0.0))
     return peaks

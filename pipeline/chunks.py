@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
@@ -25,9 +27,15 @@ from pipeline.options import IOOptions, runs_locally
 from pipeline.runner import Stopwatch, clear_previous_run, finish_summary, run_graph
 from storage.layout import (
     CHUNK_INPUT_NAME,
+    CHUNKS_DIR,
     any_layout_glob,
+    attempt_prefix,
     chunk_name,
     chunk_prefix,
+    chunk_summary,
+    committed_attempt,
+    committed_attempts,
+    new_attempt,
     plan_path,
     read_json,
     read_summary,
@@ -35,6 +43,7 @@ from storage.layout import (
 )
 from storage.lease import Lease, acquire, release
 from storage.objects import write_object
+from storage.paths import is_local, local_path
 from storage.runs import differences, interchangeable
 from transforms.incremental import matching_table_files
 from transforms.inputs import CARRIED, input_key, keep_first, read_input_rows, request_or_failure
@@ -158,9 +167,11 @@ class ChunksFailedError(RuntimeError):
 
 @dataclass
 class _Attempt:
-    """A chunk's graph that is running or done: its entry, the runner's result, when it started, its lease."""
+    """A chunk's graph that is running or done: its entry, where it writes, the runner's result, when it
+    started, its lease."""
 
     entry: dict[str, Any]
+    prefix: str
     result: Any
     started: str
     watch: Stopwatch
@@ -235,17 +246,16 @@ class ChunkedLaunch:
             ChunksFailedError: the chunk's job failed.
         """
         entry = self._entry(chunking, name)
-        prefix = chunk_prefix(self.output_prefix, name)
         if self._complete(name):
             log.info("chunk %s of %s is complete: kept", name, self.output_prefix)
-            return read_summary(prefix)
+            return chunk_summary(self.output_prefix, name)
         wait = runs_locally(self.options) or self.options.view_as(IOOptions).wait
         attempt = self._start(entry, hand_over=not wait)
         if not wait:
-            return None  # the job writes the chunk's summary when its tables are final; it holds the chunk's lease
+            return None  # the job writes its attempt's summary when its tables are final; it holds the chunk's lease
         if not self._finish(attempt):
             raise ChunksFailedError(f"chunk {name} of {self.output_prefix} failed: its job did not complete")
-        return read_summary(prefix)
+        return chunk_summary(self.output_prefix, name)
 
     def aggregate(self, chunking: Chunking) -> tuple[dict[str, Any], str]:
         """The top-level summary of a plan whose chunks are all complete.
@@ -278,7 +288,7 @@ class ChunkedLaunch:
         return entry
 
     def _complete(self, name: str) -> bool:
-        return read_summary(chunk_prefix(self.output_prefix, name)) is not None
+        return committed_attempt(self.output_prefix, name) is not None
 
     def _run_all(self, todo: list[dict[str, Any]], total: int) -> list[str]:
         """Runs the chunks, at most `parallel` at once on a remote runner; returns the names of those that failed."""
@@ -298,13 +308,12 @@ class ChunkedLaunch:
         return sorted(failed)
 
     def _start(self, entry: dict[str, Any], hand_over: bool = False) -> _Attempt:
-        """Takes the chunk's lease and starts its graph (locally: runs it to the end) from a clean chunk
-        directory; `hand_over`: a submitted Dataflow job holds the chunk's lease from then on."""
+        """Takes the chunk's lease and starts its graph in a new attempt's directory (locally: runs it to
+        the end); `hand_over`: a submitted Dataflow job holds the chunk's lease from then on."""
         name = entry["name"]
-        prefix = chunk_prefix(self.output_prefix, name)
-        lease = acquire(prefix, self.job_state)
+        lease = acquire(chunk_prefix(self.output_prefix, name), self.job_state)
+        prefix = attempt_prefix(self.output_prefix, name, new_attempt())  # no earlier attempt's file is there
         try:
-            clear_previous_run(prefix, self.tables)  # what a dead attempt left
             google = self.options.view_as(GoogleCloudOptions)
             base_name = google.job_name
             if base_name and not runs_locally(self.options) and f"-c{name}" not in base_name:
@@ -320,7 +329,7 @@ class ChunkedLaunch:
         except BaseException:
             release(lease)
             raise
-        return _Attempt(entry, result, started, watch, None if hand_over and handed is not None else lease)
+        return _Attempt(entry, prefix, result, started, watch, None if hand_over and handed is not None else lease)
 
     def _wait_any(self, running: list[_Attempt]) -> list[_Attempt]:
         """The attempts that are done (a remote job in a terminal state), waiting until there is one."""
@@ -333,8 +342,7 @@ class ChunkedLaunch:
     def _finish(self, attempt: _Attempt) -> bool:
         """Completes a chunk's summary with the launcher's part and gives its lease back; False when its
         job did not succeed."""
-        name = attempt.entry["name"]
-        prefix = chunk_prefix(self.output_prefix, name)
+        name, prefix = attempt.entry["name"], attempt.prefix
         try:
             state = attempt.result.state
             if state != PipelineState.DONE or read_summary(prefix) is None:
@@ -351,7 +359,7 @@ class ChunkedLaunch:
 
     def _aggregate(self, plan: dict[str, Any], resumed: int, started: str, watch: Stopwatch) -> tuple[dict, str]:
         """The top-level summary: every chunk's counts summed, with the chunks' own counts."""
-        summaries = [read_summary(chunk_prefix(self.output_prefix, e["name"])) for e in plan["chunks"]]
+        summaries = [chunk_summary(self.output_prefix, e["name"]) for e in plan["chunks"]]
         missing = [e["name"] for e, s in zip(plan["chunks"], summaries, strict=True) if s is None]
         if missing:
             raise RuntimeError(f"chunks {missing} of {self.output_prefix} have no summary after their jobs ended")
@@ -369,7 +377,26 @@ class ChunkedLaunch:
             "tables": {t: any_layout_glob(self.output_prefix, t) for t in self.tables},
             "files": {t: table_files(self.output_prefix, t) for t in self.tables},
         }
-        return summary, write_summary(self.output_prefix, summary)
+        path = write_summary(self.output_prefix, summary)
+        self._drop_other_attempts()
+        return summary, path
+
+    def _drop_other_attempts(self) -> None:
+        """Deletes every attempt but each chunk's committed one (a dead attempt's leftovers, a zombie's
+        late files), so that the one glob reads exactly the run; readers never saw them anyway."""
+        committed = committed_attempts(self.output_prefix)
+        others = set()
+        root = attempt_prefix(self.output_prefix, "*", "*")
+        for result in FileSystems.match([f"{root}/*", f"{root}/*/*", f"{root}/*/*/*"]):  # files only, to the temp's
+            for match in result.metadata_list:
+                name, _, attempt = match.path.split(f"/{CHUNKS_DIR}/")[-1].split("/")[:3]  # NAME/attempts/ATTEMPT/...
+                if committed.get(name) != attempt:
+                    others.add((name, attempt))
+        for name, attempt in sorted(others):
+            prefix = attempt_prefix(self.output_prefix, name, attempt)
+            clear_previous_run(prefix, self.tables)
+            if is_local(prefix):
+                shutil.rmtree(local_path(prefix), ignore_errors=True)
 
 
 def _sum(dicts: Iterable[dict[str, Any]]) -> dict[str, int]:

@@ -39,7 +39,7 @@ from pipeline.runner import (
     parse_job_args,
 )
 from s3d.precision import PrecisionPlan
-from storage.layout import any_layout_glob, chunk_prefix, summary_path, table_files
+from storage.layout import ATTEMPTS_DIR, any_layout_glob, chunk_prefix, summary_path, table_files
 from storage.lease import LeaseHeldError, acquire, release
 from storage.runs import split_list
 from transforms.assemble import AssembleVideos
@@ -218,10 +218,10 @@ def _run_in_chunks(options, io: IOOptions, opts: ExtractOptions, model: ModelOpt
     step = opts.chunk_step
     if step not in ("all", "plan", "aggregate"):
         summary = launch_.run_chunk(chunking, step)
-        prefix = chunk_prefix(io.output_prefix, step)
+        attempts = f"{chunk_prefix(io.output_prefix, step)}/{ATTEMPTS_DIR}/*"
         if summary is None:
-            return {**metadata, "status": "submitted"}, summary_path(prefix)
-        print(f"chunk {step}: {summary['counts']} -> {summary_path(prefix)}")
+            return {**metadata, "status": "submitted"}, summary_path(attempts)
+        print(f"chunk {step}: {summary['counts']} -> {summary_path(summary['output_prefix'])}")
         return None
     lease = acquire(io.output_prefix, job_state)
     try:

@@ -27,7 +27,15 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from pipeline.options import IOOptions, ModelOptions, runs_locally
 from pipeline.progress import ProgressDisplay
-from storage.layout import CHUNKS_DIR, PLAN_NAME, SUMMARY_NAME, any_layout_glob, read_summary, summary_path
+from storage.layout import (
+    ATTEMPTS_DIR,
+    CHUNKS_DIR,
+    PLAN_NAME,
+    SUMMARY_NAME,
+    any_layout_glob,
+    read_summary,
+    summary_path,
+)
 from storage.lease import Lease, acquire, hand_to_job, release
 from storage.paths import is_local, local_path
 from transforms.progress import ProgressLog
@@ -66,9 +74,10 @@ def clear_previous_run(output_prefix: str, tables: tuple[str, ...]) -> int:
     base = output_prefix.rstrip("/")
     chunks = f"{base}/{CHUNKS_DIR}"
     markers = [summary_path(output_prefix), f"{chunks}/{PLAN_NAME}"]
-    markers += sorted(m.path for m in FileSystems.match([f"{chunks}/*/{SUMMARY_NAME}"])[0].metadata_list)
-    patterns = [f"{chunks}/*/*"]
-    for root in (base, f"{chunks}/*"):
+    attempts = f"{chunks}/*/{ATTEMPTS_DIR}/*"
+    markers += sorted(m.path for m in FileSystems.match([f"{attempts}/{SUMMARY_NAME}"])[0].metadata_list)
+    patterns = [f"{chunks}/*/*", f"{attempts}/*"]
+    for root in (base, attempts):
         patterns += [f"{root}/{t}/beam-temp-*" for t in tables] + [f"{root}/{t}/beam-temp-*/*" for t in tables]
         patterns += [f"{root}/{t}/{t}-*.parquet" for t in tables]
     paths = {m.path for result in FileSystems.match(patterns) for m in result.metadata_list} - set(markers)

@@ -1,10 +1,13 @@
 """Where a run's output lives, in one place, without Beam: PREFIX/TABLE/TABLE-SSSSS-of-NNNNN.parquet
 and PREFIX/run_summary.json (written last: its presence marks a complete run).
 
-A run in chunks (--chunk_videos) keeps each chunk as a run of its own, PREFIX/chunks/NNNNN/ (its
-input.jsonl, tables and summary), the plan in PREFIX/chunks/plan.json, and the top-level summary
-once every chunk is complete. Readers list a table's files with `table_files`, which serves both
-layouts and sees only complete chunks; `any_layout_glob` is the one glob for tools (DuckDB).
+A run in chunks (--chunk_videos) keeps the plan in PREFIX/chunks/plan.json, each chunk's input in
+PREFIX/chunks/NNNNN/input.jsonl, and each attempt at a chunk as a run of its own in
+PREFIX/chunks/NNNNN/attempts/ATTEMPT/ (tables, then its summary), the top-level summary once every
+chunk is complete. Attempt names sort by their start: a chunk's committed attempt is its newest
+complete one, so an older attempt that finishes late (a zombie) never replaces it, and two attempts'
+files never mix. Readers list a table's files with `table_files`, which serves both layouts and sees
+only committed attempts; `any_layout_glob` is the one glob for tools (DuckDB).
 
 The jobs, search, incremental runs, the index and the Airflow DAG's check all derive paths here.
 Path arithmetic needs nothing; reading a remote summary or listing a table uses Beam's filesystems.
@@ -22,6 +25,7 @@ SUMMARY_NAME = "run_summary.json"
 CHUNKS_DIR = "chunks"
 PLAN_NAME = "plan.json"
 CHUNK_INPUT_NAME = "input.jsonl"
+ATTEMPTS_DIR = "attempts"
 
 # What search ranks at each level: the table it reads and the columns a result carries.
 LEVEL_TABLE = {"clip": "clips", "video": "videos"}
@@ -58,6 +62,46 @@ def chunk_name(index: int) -> str:
 def chunk_prefix(output_prefix: str, name: str) -> str:
     """The run prefix of one chunk: PREFIX/chunks/NNNNN."""
     return f"{output_prefix.rstrip('/')}/{CHUNKS_DIR}/{name}"
+
+
+def new_attempt() -> str:
+    """A name for a new attempt at a chunk, sorting by its start (UTC, then a random tail)."""
+    import time
+    import uuid
+
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+
+
+def attempt_prefix(output_prefix: str, name: str, attempt: str) -> str:
+    """The run prefix of one attempt at a chunk: PREFIX/chunks/NNNNN/attempts/ATTEMPT."""
+    return f"{chunk_prefix(output_prefix, name)}/{ATTEMPTS_DIR}/{attempt}"
+
+
+def committed_attempts(output_prefix: str) -> dict[str, str]:
+    """Chunk name -> its committed attempt (the newest with a summary), from one listing."""
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = f"{output_prefix.rstrip('/')}/{CHUNKS_DIR}/*/{ATTEMPTS_DIR}/*/{SUMMARY_NAME}"
+    committed: dict[str, str] = {}
+    for match in FileSystems.match([pattern])[0].metadata_list:
+        name, _, attempt = match.path.rsplit("/", 4)[-4:-1]  # NAME/attempts/ATTEMPT/run_summary.json
+        committed[name] = max(committed.get(name, attempt), attempt)
+    return committed
+
+
+def chunk_summary(output_prefix: str, name: str) -> dict[str, Any] | None:
+    """The summary of a chunk's committed attempt, or None when no attempt at it has completed."""
+    attempt = committed_attempt(output_prefix, name)
+    return read_summary(attempt_prefix(output_prefix, name, attempt)) if attempt else None
+
+
+def committed_attempt(output_prefix: str, name: str) -> str | None:
+    """One chunk's committed attempt (a listing of that chunk only)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = f"{attempt_prefix(output_prefix, name, '*')}/{SUMMARY_NAME}"
+    attempts = [m.path.rsplit("/", 2)[-2] for m in FileSystems.match([pattern])[0].metadata_list]
+    return max(attempts) if attempts else None
 
 
 def plan_path(output_prefix: str) -> str:
@@ -97,16 +141,18 @@ def read_json(path: str) -> dict[str, Any] | None:
 def table_files(output_prefix: str, table: str) -> list[str]:
     """The final files of a table, sorted, in either layout: the run's own, or those of its complete chunks.
 
-    From listings of the store (never temp files: they live apart). A chunk counts once its summary
-    exists, so a reader never sees a chunk that is running or died half way.
+    From listings of the store (never temp files: they live apart). A chunk counts once an attempt at
+    it has its summary, and then only that attempt's files: a reader never sees a chunk that is
+    running or died half way, nor two attempts' files.
     """
     from apache_beam.io.filesystems import FileSystems
 
-    base = output_prefix.rstrip("/")
-    chunk_tables = f"{base}/{CHUNKS_DIR}/*/{table}/{table}-*.parquet"
-    own, summaries, chunked = FileSystems.match(
-        [table_glob(output_prefix, table), f"{base}/{CHUNKS_DIR}/*/{SUMMARY_NAME}", chunk_tables])
-    complete = {m.path.rsplit("/", 2)[-2] for m in summaries.metadata_list}  # .../chunks/NAME/run_summary.json
+    committed = committed_attempts(output_prefix)
+    chunk_tables = f"{output_prefix.rstrip('/')}/{CHUNKS_DIR}/*/{ATTEMPTS_DIR}/*/{table}/{table}-*.parquet"
+    own, chunked = FileSystems.match([table_glob(output_prefix, table), chunk_tables])
     files = [m.path for m in own.metadata_list]
-    files += [m.path for m in chunked.metadata_list if m.path.rsplit("/", 3)[-3] in complete]  # NAME/TABLE/file
+    for match in chunked.metadata_list:
+        name, _, attempt = match.path.rsplit("/", 5)[-5:-2]  # NAME/attempts/ATTEMPT/TABLE/file
+        if committed.get(name) == attempt:
+            files.append(match.path)
     return sorted(files)

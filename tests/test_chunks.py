@@ -18,7 +18,16 @@ from floats import assert_features_close
 
 from pipeline import check_run, extract
 from pipeline.chunks import cut
-from storage.layout import any_layout_glob, chunk_prefix, plan_path, read_summary, table_files
+from storage.layout import (
+    any_layout_glob,
+    attempt_prefix,
+    chunk_prefix,
+    chunk_summary,
+    committed_attempt,
+    plan_path,
+    read_summary,
+    table_files,
+)
 from storage.runs import RunError, check_complete
 from synthetic.videos import write_video
 from transforms.inputs import CARRIED, input_key, read_input_rows
@@ -61,6 +70,11 @@ def one_run(corpus, standin_dir, tmp_path_factory):
 def chunked_args(corpus, standin_dir, prefix, *extra):
     return ["--input", corpus["manifest"], "--output_prefix", prefix, "--model", standin_dir, *FAST,
             "--chunk_videos", "2", *extra]
+
+
+def attempt_dir(prefix: str, name: str) -> str:
+    """The directory of a chunk's committed attempt."""
+    return attempt_prefix(prefix, name, committed_attempt(prefix, name))
 
 
 def test_the_cut_is_deterministic_bounded_and_keeps_an_ids_rows_together():
@@ -124,20 +138,22 @@ def test_a_run_in_chunks_has_the_rows_of_one_run(corpus, one_run, standin_dir, t
     shutil.copytree(prefix, tmp_path / "broken")
     broken = str(tmp_path / "broken")
     os.remove(os.path.join(broken, "run_summary.json"))
-    os.remove(os.path.join(chunk_prefix(broken, "00001"), "run_summary.json"))
-    dead_ids = {r["video_id"] for r in ds.dataset(os.path.join(chunk_prefix(broken, "00001"), "videos")).to_table().to_pylist()}
+    dead = attempt_dir(broken, "00001")
+    os.remove(os.path.join(dead, "run_summary.json"))
+    dead_ids = {r["video_id"] for r in ds.dataset(os.path.join(dead, "videos")).to_table().to_pylist()}
     assert dead_ids and not dead_ids & {r["video_id"] for r in rows(broken, "videos")}
     with pytest.raises(RunError, match="did not complete"):
         check_complete(broken)
     assert check_run.main(["--output_prefix", broken]) == 2
 
     # Resumed: only the chunk without a summary runs again; the others' files are untouched.
-    kept = {n: os.stat(os.path.join(chunk_prefix(broken, n), "run_summary.json")).st_mtime_ns
+    kept = {n: os.stat(os.path.join(attempt_dir(broken, n), "run_summary.json")).st_mtime_ns
             for n in ("00000", "00002", "00003")}
     assert extract.main(chunked_args(corpus, standin_dir, broken)) == 0
     resumed = read_summary(broken)
     assert resumed["counts"]["chunks_resumed"] == 3 and resumed["counts"]["chunks_total"] == 4
-    assert {n: os.stat(os.path.join(chunk_prefix(broken, n), "run_summary.json")).st_mtime_ns for n in kept} == kept
+    assert {n: os.stat(os.path.join(attempt_dir(broken, n), "run_summary.json")).st_mtime_ns for n in kept} == kept
+    assert not os.path.exists(dead)  # the dead attempt's files are gone once the run is complete
     assert by_key(rows(broken, "videos")).keys() == by_key(rows(prefix, "videos")).keys()
     assert resumed["counts"]["videos_ok"] == summary["counts"]["videos_ok"]
 
@@ -191,14 +207,14 @@ def test_a_launcher_killed_mid_run_resumes_from_its_complete_chunks(corpus, stan
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
-        if read_summary(chunk_prefix(prefix, "00001")) is not None:
+        if chunk_summary(prefix, "00001") is not None:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = [n for n in ("00000", "00001", "00002", "00003", "00004")
-                   if read_summary(chunk_prefix(prefix, n)) is not None]
+                   if chunk_summary(prefix, n) is not None]
     assert read_summary(prefix) is None and 2 <= len(done_before) < 5
     assert extract.main(args) == 0  # the stale lease is taken over, the complete chunks kept
     summary = read_summary(prefix)
@@ -252,7 +268,7 @@ def test_on_dataflow_at_most_parallel_chunk_jobs_run_and_a_failed_job_costs_its_
             self.job_name = options.view_as(GoogleCloudOptions).job_name
 
         def run(self):
-            name = self.prefix.rsplit("/", 1)[1]
+            name = self.prefix.split("/chunks/")[1].split("/")[0]
             assert self.job_name == f"s3d-day-c{name}"  # a fixed name per chunk
             submitted.append(name)
             live.add(name)
@@ -260,7 +276,7 @@ def test_on_dataflow_at_most_parallel_chunk_jobs_run_and_a_failed_job_costs_its_
             return Job(name, self.prefix)
 
     def build(p, progress, input_spec, prefix):
-        assert input_spec == f"{prefix}/input.jsonl" and os.path.exists(input_spec)
+        assert input_spec == prefix.split("/attempts/")[0] + "/input.jsonl" and os.path.exists(input_spec)
         p.prefix = prefix
 
     monkeypatch.setattr(runner, "create_pipeline", Pipeline)
@@ -293,9 +309,9 @@ def test_the_steps_apart_as_a_scheduler_runs_them(corpus, standin_dir, tmp_path,
     assert "no plan of a run in chunks" in capsys.readouterr().err
     assert extract.main([*args, "--chunk_step", "plan"]) == 0
     names = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert names == ["00000", "00001", "00002"] and read_summary(chunk_prefix(prefix, "00000")) is None
+    assert names == ["00000", "00001", "00002"] and chunk_summary(prefix, "00000") is None
     assert extract.main([*args, "--chunk_step", "00002"]) == 0
-    assert read_summary(chunk_prefix(prefix, "00002"))["counts"]["videos_ok"] == 1
+    assert chunk_summary(prefix, "00002")["counts"]["videos_ok"] == 1
     assert extract.main([*args, "--chunk_step", "aggregate"]) == 1
     assert "2 of 3 chunks" in capsys.readouterr().err and read_summary(prefix) is None
     for name in ("00001", "00000", "00002"):  # 00002 again: complete, kept
@@ -308,3 +324,24 @@ def test_the_steps_apart_as_a_scheduler_runs_them(corpus, standin_dir, tmp_path,
     assert extract.main([*args, "--chunk_step", "plan", "--fps", "4"]) == 2  # other parameters: refused
     assert extract.main([*args[:-2], "--chunk_step", "plan"]) == 2
     assert "--chunk_step goes with --chunk_videos" in capsys.readouterr().err
+
+
+def test_a_zombie_attempts_late_files_never_mix_with_the_committed_ones(corpus, standin_dir, tmp_path):
+    """An older attempt at a chunk that finishes late, and one that died half way, stay unseen."""
+    prefix = str(tmp_path / "zombie")
+    listing = tmp_path / "two.txt"
+    listing.write_text("\n".join(corpus["videos"][:2]) + "\n")
+    args = ["--input", str(listing), "--output_prefix", prefix, "--model", standin_dir, *FAST, "--chunk_videos", "1"]
+    assert extract.main(args) == 0
+    before = {t: table_files(prefix, t) for t in ("clips", "videos", "failures")}
+    committed = attempt_dir(prefix, "00000")
+    # A zombie: an attempt that started before the committed one and completes now, with its own files.
+    zombie = attempt_prefix(prefix, "00000", "20000101T000000-00000000")
+    shutil.copytree(committed, zombie)
+    # A dead attempt started after it: tables final, no summary.
+    dead = attempt_prefix(prefix, "00000", "29990101T000000-ffffffff")
+    shutil.copytree(committed, dead)
+    os.remove(os.path.join(dead, "run_summary.json"))
+    assert committed_attempt(prefix, "00000") == committed.rsplit("/", 1)[1]
+    assert {t: table_files(prefix, t) for t in before} == before  # neither is read
+    assert len(rows(prefix, "videos")) == 2
