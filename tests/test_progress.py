@@ -44,8 +44,15 @@ def test_a_half_written_line_waits_for_its_end(tmp_path):
     assert reader.poll() == {"video": 1, "clips": 16}
 
 
-def test_without_a_directory_nothing_is_written():
-    ProgressLog().add("video")  # Dataflow: counters only
+def test_without_a_directory_nothing_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative file would land here
+    log = ProgressLog()  # Dataflow: counters only
+    log.add("video")
+    log.total(3)
+    assert log._files == {} and os.listdir(tmp_path) == []
+    with_dir = ProgressLog(str(tmp_path))  # the same calls with a directory do write: the check can fail
+    with_dir.add("video")
+    assert len(os.listdir(tmp_path)) == 1
 
 
 def test_the_line_counts_until_the_total_is_known_then_gives_an_eta():
