@@ -106,9 +106,16 @@ def test_the_planner_reads_the_rows_the_graph_reads(corpus):
     assert [r.get("uri") for r in read[:5]] == corpus["videos"]
 
 
-def test_a_run_in_chunks_has_the_rows_of_one_run(corpus, one_run, standin_dir, tmp_path):
+def test_a_run_in_chunks_has_the_rows_of_one_run(corpus, one_run, standin_dir, tmp_path, capsys):
     prefix = str(tmp_path / "chunked")
+    capsys.readouterr()
     assert extract.main(chunked_args(corpus, standin_dir, prefix)) == 0
+    # Each chunk has a progress line of its own, its total the chunk's (the graph's count: 0 for a chunk of failures).
+    finals = [line.split(" | ")[0] for line in capsys.readouterr().err.splitlines()
+              if line.startswith("progress: ") and line.endswith("| done")]
+    done = [tuple(map(int, line.removeprefix("progress: videos ").split("/"))) for line in finals]
+    assert len(done) == 4 and all(n == total for n, total in done), finals
+    assert sum(n for n, _ in done) == 5  # the five videos to decode, each counted in its chunk
     plan = json.load(open(plan_path(prefix)))
     assert [c["videos"] for c in plan["chunks"]] == [2, 2, 2, 1]  # 7 ids (5 videos, 2 unusable rows), by 2
     summary, whole = read_summary(prefix), read_summary(one_run)
