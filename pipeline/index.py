@@ -36,8 +36,7 @@ from storage.runs import check_complete, comparable, differences, level_files, s
 from transforms.index import BuildIndex, ShardSpec, plan_shards
 from transforms.tables import utc_now
 from vector_index import IndexProblem, Manifest, library, read_manifest
-from vector_index.manifest import QUANTIZATIONS, manifest_path, shard_path
-from vector_index.searcher import INDEX_SUFFIX, LOCATORS_SUFFIX
+from vector_index.manifest import INDEX_SUFFIX, LOCATORS_SUFFIX, QUANTIZATIONS, manifest_path, shard_path
 
 DEFAULT_SHARD_ROWS = 1_000_000
 

@@ -28,8 +28,17 @@ from storage.objects import copy_object
 from transforms.records import NAMESPACE
 from transforms.tables import open_parquet
 from vector_index import library
-from vector_index.manifest import Manifest, file_digest, shard_path, write_manifest
-from vector_index.searcher import INDEX_SUFFIX, LOCATORS_SUFFIX
+from vector_index.manifest import (
+    INDEX_SUFFIX,
+    LOCATORS_SUFFIX,
+    SOURCE_FILE,
+    SOURCE_ROW,
+    SOURCE_ROW_GROUP,
+    Manifest,
+    file_digest,
+    shard_path,
+    write_manifest,
+)
 
 LOCATOR_ROW_GROUP = 65_536  # rows per row group of a locators file (search reads them whole)
 PROGRESS_EVERY_SEC = 30  # a shard of a million rows takes minutes: say how far it is
@@ -142,9 +151,9 @@ class BuildShardFn(beam.DoFn):
                 add_pending()
             rows = np.arange(table.num_rows, dtype=np.int32)
             locators.append(table.select(columns).append_column(
-                "source_file", pa.array([path] * table.num_rows, pa.string()).dictionary_encode()
-            ).append_column("source_row_group", pa.array(np.full(table.num_rows, group, np.int32))
-            ).append_column("source_row", pa.array(rows)))
+                SOURCE_FILE, pa.array([path] * table.num_rows, pa.string()).dictionary_encode()
+            ).append_column(SOURCE_ROW_GROUP, pa.array(np.full(table.num_rows, group, np.int32))
+            ).append_column(SOURCE_ROW, pa.array(rows)))
         if pending:
             add_pending()
         files = {}

@@ -71,7 +71,16 @@ def manifest_path(index_dir: str) -> str:
     return f"{index_dir.rstrip('/')}/{MANIFEST_NAME}"
 
 
+# A shard is two files: the library's index, and a table that locates each of its rows in the features.
+INDEX_SUFFIX = ".faiss"
+LOCATORS_SUFFIX = ".locators.parquet"
+# The locators table's columns after the level's own (storage.layout.LEVEL_COLUMNS, what a search result
+# carries): which features file, row group and row each vector came from.
+SOURCE_FILE, SOURCE_ROW_GROUP, SOURCE_ROW = "source_file", "source_row_group", "source_row"
+
+
 def shard_path(index_dir: str, name: str, suffix: str) -> str:
+    """One of a shard's files: INDEX_SUFFIX or LOCATORS_SUFFIX."""
     return f"{index_dir.rstrip('/')}/{SHARDS_DIR}/{name}{suffix}"
 
 

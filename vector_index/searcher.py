@@ -22,11 +22,16 @@ from storage.layout import LEVEL_COLUMNS
 from storage.objects import copy_object
 from storage.paths import is_local, local_path
 from vector_index import library
-from vector_index.manifest import IndexDamaged, IndexProblem, Manifest, file_digest, read_manifest, shard_path
-
-INDEX_SUFFIX = ".faiss"
-LOCATORS_SUFFIX = ".locators.parquet"
-LOCATOR_COLUMNS = ["source_file", "source_row_group", "source_row"]  # where the row is in the features
+from vector_index.manifest import (
+    INDEX_SUFFIX,
+    LOCATORS_SUFFIX,
+    IndexDamaged,
+    IndexProblem,
+    Manifest,
+    file_digest,
+    read_manifest,
+    shard_path,
+)
 
 log = logging.getLogger(__name__)
 
