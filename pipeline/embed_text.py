@@ -22,9 +22,9 @@ from pipeline.runner import (
     announce,
     check_worker_packaging,
     launch,
-    package_version,
     parse_job_args,
 )
+from s3d.export import package_version
 from storage.lease import LeaseHeldError
 from transforms.inputs import ReadManifestRows, check_input
 from transforms.tables import WriteTables

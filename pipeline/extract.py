@@ -35,9 +35,9 @@ from pipeline.runner import (
     check_worker_packaging,
     dataflow_job_state,
     launch,
-    package_version,
     parse_job_args,
 )
+from s3d.export import package_version
 from s3d.precision import PrecisionPlan
 from storage.layout import ATTEMPTS_DIR, any_layout_glob, chunk_prefix, summary_path, table_files
 from storage.lease import LeaseHeldError, acquire, release

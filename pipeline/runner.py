@@ -46,12 +46,6 @@ log = logging.getLogger(__name__)
 DELETE_BATCH = 1000  # paths per FileSystems.delete call (GCS batches them by 100, S3 by 1000)
 
 
-def package_version() -> str:
-    from s3d.export import package_version as version
-
-    return version()
-
-
 def create_pipeline(options: PipelineOptions) -> beam.Pipeline:
     """A Pipeline on the runner the options name; locally, the FnApiRunner."""
     if not runs_locally(options):
