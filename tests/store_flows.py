@@ -18,7 +18,7 @@ from floats import assert_features_close
 
 from pipeline import check_run, embed_text, extract, frames, search
 from pipeline import index as index_job
-from storage.layout import read_summary, table_glob
+from storage.layout import chunk_prefix, committed_attempt, read_summary, table_files, table_glob
 from storage.objects import open_object
 from synthetic.videos import write_video
 from vector_index.manifest import read_manifest
@@ -72,11 +72,7 @@ def rows(prefix: str, table: str) -> list[dict]:
     """A table's rows read from any filesystem; a table with no files fails the test."""
     paths = sorted(m.path for m in FileSystems.match([table_glob(prefix, table)])[0].metadata_list)
     assert paths, f"no {table} files under {prefix}"
-    tables = []
-    for path in paths:
-        with open_object(path) as f:
-            tables.append(pq.read_table(f).replace_schema_metadata(None))
-    return pa.concat_tables(tables).to_pylist()
+    return _read(paths)
 
 
 def _same_rows(remote_rows: list[dict], local_rows: list[dict], key) -> None:
@@ -165,3 +161,34 @@ def test_text_search_and_the_index_on_the_store(remote, store, standin_dir, tmp_
     key = lambda r: (r["query_id"], r["rank"])  # noqa: E731
     assert [(r["video_id"], r["clip_index"]) for r in sorted(pq.read_table(approx).to_pylist(), key=key)] == \
         [(r["video_id"], r["clip_index"]) for r in sorted(ranking, key=key)]  # a small index is exact
+
+
+def test_a_run_in_chunks_on_the_store_resumes_and_reads_back(remote, store, standin_dir, local_run):
+    """The chunk plan, every attempt and the summaries on the store; a chunk whose attempt died is run
+    again, and the readers see the same rows as a run without chunks."""
+    prefix = f"{remote['root']}/chunked"
+    args = ["--input", remote["manifest"], "--output_prefix", prefix, "--model", standin_dir, *FAST, *SPLIT,
+            "--io_retry_backoff_sec", "0.01", "--chunk_videos", "1", *store.beam_args]
+    assert extract.main(args) == 0
+    summary = read_summary(prefix)
+    assert summary["counts"]["chunks_total"] == 3 and summary["rows"] == read_summary(remote["prefix"])["rows"]
+    files = {t: table_files(prefix, t) for t in ("clips", "videos", "failures")}
+    assert files == summary["files"] and all("/attempts/" in f for fs in files.values() for f in fs)
+    _same_rows(_read(files["videos"]), rows(local_run, "videos"), lambda r: r["video_id"])
+    # Chunk 00001's committed attempt loses its summary, as if it died before writing it: run again alone.
+    name = "00001"
+    dead = f"{chunk_prefix(prefix, name)}/attempts/{committed_attempt(prefix, name)}"
+    FileSystems.delete([f"{dead}/run_summary.json", f"{prefix}/run_summary.json"])
+    assert all(dead not in f for f in table_files(prefix, "videos"))  # unseen the moment it is not complete
+    assert extract.main(args) == 0
+    again = read_summary(prefix)
+    assert again["counts"]["chunks_resumed"] == 2 and again["rows"] == summary["rows"]
+    assert not FileSystems.match([f"{dead}/*/*"])[0].metadata_list  # the dead attempt's files are deleted
+
+
+def _read(paths: list[str]) -> list[dict]:
+    tables = []
+    for path in paths:
+        with open_object(path) as f:
+            tables.append(pq.read_table(f).replace_schema_metadata(None))
+    return pa.concat_tables(tables).to_pylist()
