@@ -33,9 +33,10 @@ from storage.layout import LEVEL_TABLE, summary_path
 from storage.objects import open_object
 from storage.paths import is_local
 from storage.runs import check_complete, comparable, differences, level_files, shared_metadata, split_prefixes
-from transforms.index import BuildIndex, ShardSpec, plan_shards
+from transforms.index import BuildIndex
 from transforms.tables import utc_now
 from vector_index import IndexProblem, Manifest, library, read_manifest
+from vector_index.builder import ShardSpec, plan_shards
 from vector_index.manifest import INDEX_SUFFIX, LOCATORS_SUFFIX, QUANTIZATIONS, manifest_path, shard_path
 
 DEFAULT_SHARD_ROWS = 1_000_000

@@ -30,8 +30,8 @@ from threadpoolctl import threadpool_limits
 from s3d.loader import ModelLoadError
 from s3d.quiet import add_log_level_arguments, set_up_console
 from storage.layout import EMBEDDING, LEVEL_COLUMNS, LEVEL_TABLE, table_files
+from storage.objects import open_parquet
 from storage.runs import RunError, check_complete, level_files, read_run_metadata, shared_metadata, split_prefixes
-from transforms.tables import open_parquet
 from vector_index import IndexProblem, read_manifest
 from vector_index.searcher import IndexSearcher
 

@@ -164,3 +164,14 @@ def copy_object(source: str, destination: str, chunk: int = 8 << 20) -> str:
 
 
 share_boto3_sessions()
+
+
+def open_parquet(path: str, metadata=None):
+    """A Parquet file (pyarrow's ParquetFile) on any Beam filesystem; given its footer (`metadata`), does
+    not read it again."""
+    import pyarrow.parquet as pq
+
+    # pre_buffer coalesces a row group's column reads (measured: about 2x faster on the embedding column).
+    if not is_local(path):
+        return pq.ParquetFile(open_object(path), metadata=metadata, pre_buffer=True)
+    return pq.ParquetFile(local_path(path), metadata=metadata, memory_map=True, pre_buffer=True)

@@ -351,8 +351,9 @@ def test_the_index_job_builds_as_a_dataflow_job(tmp_path, monkeypatch):
     # The shards are planned from the runs' footers before the job (gs:// is not reachable here), so the
     # plan is given; what is checked is the job Dataflow would get: its steps, pickled DoFns, the package.
     from pipeline.index import IndexOptions
-    from transforms.index import BuildIndex, ShardSpec
+    from transforms.index import BuildIndex
     from vector_index import Manifest
+    from vector_index.builder import ShardSpec
 
     monkeypatch.chdir(ROOT)
     options = PipelineOptions(dataflow_args(tmp_path, "--setup_file", "./setup.py") + ["--features", "gs://bucket/features/run1", "--output", "gs://bucket/index"])

@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 from s3d.architecture import EMBEDDING_DIM, MIXED_5C_DIM
 from storage.layout import any_layout_glob, summary_path, table_files, table_prefix
 from storage.objects import open_object, write_object
-from storage.paths import is_local, local_path
 from storage.runs import METADATA_KEY
 from transforms.records import NAMESPACE
 
@@ -95,14 +94,6 @@ SCHEMAS = {
 
 def with_run_metadata(schema: pa.Schema, run_metadata: dict[str, Any]) -> pa.Schema:
     return schema.with_metadata({METADATA_KEY: json.dumps(run_metadata, sort_keys=True).encode("utf-8")})
-
-
-def open_parquet(path: str, metadata: pq.FileMetaData | None = None) -> pq.ParquetFile:
-    """A Parquet file on any Beam filesystem; given its footer (`metadata`), does not read it again."""
-    # pre_buffer coalesces a row group's column reads (measured: about 2x faster on the embedding column).
-    if not is_local(path):
-        return pq.ParquetFile(open_object(path), metadata=metadata, pre_buffer=True)
-    return pq.ParquetFile(local_path(path), metadata=metadata, memory_map=True, pre_buffer=True)
 
 
 class WriteTable(beam.PTransform):

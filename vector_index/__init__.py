@@ -7,8 +7,9 @@ row i of the graph is row i there, with the result's columns and the features ro
 The manifest is written last; it is what makes an index, so a build that dies leaves the
 previous index as it was.
 
-`transforms.index` builds shards with Beam; `vector_index.searcher` loads them and merges
-their results. faiss does the graph; this package does the files, the checks and the merge.
+`vector_index.builder` plans and builds shards (`transforms.index` runs it with Beam, a shard per
+worker thread); `vector_index.searcher` loads them and merges their results. faiss does the graph;
+this package does the files, the checks and the merge.
 """
 
 from vector_index.manifest import (
