@@ -15,6 +15,7 @@ Path arithmetic needs nothing; reading a remote summary or listing a table uses 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from typing import Any
@@ -81,11 +82,29 @@ def committed_attempts(output_prefix: str) -> dict[str, str]:
     """Chunk name -> its committed attempt (the newest with a summary), from one listing."""
     from apache_beam.io.filesystems import FileSystems
 
-    pattern = f"{output_prefix.rstrip('/')}/{CHUNKS_DIR}/*/{ATTEMPTS_DIR}/*/{SUMMARY_NAME}"
+    return _committed(m.path for m in FileSystems.match([_chunks_listing(output_prefix)])[0].metadata_list)
+
+
+def _chunks_listing(output_prefix: str) -> str:
+    """Everything under PREFIX/chunks/, one listing (a store lists by prefix; `**` crosses folders)."""
+    return f"{output_prefix.rstrip('/')}/{CHUNKS_DIR}/**"
+
+
+def _attempt_path(path: str) -> tuple[str, str, list[str]] | None:
+    """(chunk, attempt, the rest) of a path under PREFIX/chunks/NAME/attempts/ATTEMPT/, else None."""
+    parts = path.rsplit(f"/{CHUNKS_DIR}/", 1)[-1].split("/")
+    if len(parts) < 4 or parts[1] != ATTEMPTS_DIR:
+        return None
+    return parts[0], parts[2], parts[3:]
+
+
+def _committed(paths) -> dict[str, str]:
     committed: dict[str, str] = {}
-    for match in FileSystems.match([pattern])[0].metadata_list:
-        name, _, attempt = match.path.rsplit("/", 4)[-4:-1]  # NAME/attempts/ATTEMPT/run_summary.json
-        committed[name] = max(committed.get(name, attempt), attempt)
+    for path in paths:
+        found = _attempt_path(path)
+        if found and found[2] == [SUMMARY_NAME]:
+            name, attempt, _ = found
+            committed[name] = max(committed.get(name, attempt), attempt)
     return committed
 
 
@@ -147,12 +166,13 @@ def table_files(output_prefix: str, table: str) -> list[str]:
     """
     from apache_beam.io.filesystems import FileSystems
 
-    committed = committed_attempts(output_prefix)
-    chunk_tables = f"{output_prefix.rstrip('/')}/{CHUNKS_DIR}/*/{ATTEMPTS_DIR}/*/{table}/{table}-*.parquet"
-    own, chunked = FileSystems.match([table_glob(output_prefix, table), chunk_tables])
+    own, chunked = FileSystems.match([table_glob(output_prefix, table), _chunks_listing(output_prefix)])
+    paths = [m.path for m in chunked.metadata_list]
+    committed = _committed(paths)
     files = [m.path for m in own.metadata_list]
-    for match in chunked.metadata_list:
-        name, _, attempt = match.path.rsplit("/", 5)[-5:-2]  # NAME/attempts/ATTEMPT/TABLE/file
-        if committed.get(name) == attempt:
-            files.append(match.path)
+    for path in paths:  # NAME/attempts/ATTEMPT/TABLE/TABLE-*.parquet of a committed attempt
+        found = _attempt_path(path)
+        if found and committed.get(found[0]) == found[1] and len(found[2]) == 2 and found[2][0] == table \
+                and fnmatch.fnmatchcase(found[2][1], f"{table}-*.parquet"):
+            files.append(path)
     return sorted(files)

@@ -171,10 +171,12 @@ def test_a_run_in_chunks_on_the_store_resumes_and_reads_back(remote, store, stan
             "--io_retry_backoff_sec", "0.01", "--chunk_videos", "1", *store.beam_args]
     assert extract.main(args) == 0
     summary = read_summary(prefix)
-    assert summary["counts"]["chunks_total"] == 3 and summary["rows"] == read_summary(remote["prefix"])["rows"]
+    # Three inputs (the late upload may have arrived: another test uploads it), each in one table once.
+    assert summary["counts"]["chunks_total"] == 3 and summary["rows"]["videos"] + summary["rows"]["failures"] == 3
     files = {t: table_files(prefix, t) for t in ("clips", "videos", "failures")}
     assert files == summary["files"] and all("/attempts/" in f for fs in files.values() for f in fs)
-    _same_rows(_read(files["videos"]), rows(local_run, "videos"), lambda r: r["video_id"])
+    uploaded = [r for r in _read(files["videos"]) if r["video_id"] in remote["uris"]]
+    _same_rows(uploaded, rows(local_run, "videos"), lambda r: r["video_id"])
     # Chunk 00001's committed attempt loses its summary, as if it died before writing it: run again alone.
     name = "00001"
     dead = f"{chunk_prefix(prefix, name)}/attempts/{committed_attempt(prefix, name)}"
