@@ -2,11 +2,12 @@
 
 The launcher reads the input itself, drops the videos --skip_done names, keys every row by the
 video_id it ends up under, and cuts the ids, sorted, into chunks of at most N videos (rows that
-share an id stay together, so duplicates are found within a chunk). Each chunk is a run of its
-own under PREFIX/chunks/NNNNN/ (storage.layout): its input.jsonl, its tables, then its
-run_summary.json. The plan (PREFIX/chunks/plan.json, written after every chunk's input) names
-the parameters; the same command again resumes, running only the chunks without a summary.
-Once every chunk is complete, PREFIX/run_summary.json aggregates them.
+share an id stay together, so duplicates are found within a chunk). Each chunk has its input in
+PREFIX/chunks/NNNNN/input.jsonl, and each attempt at it is a run of its own in
+PREFIX/chunks/NNNNN/attempts/ATTEMPT/ (storage.layout: tables, then run_summary.json). The plan
+(PREFIX/chunks/plan.json, written after every chunk's input) names the parameters; the same command
+again resumes, running only the chunks no attempt completed. Once every chunk is complete,
+PREFIX/run_summary.json aggregates them.
 """
 
 from __future__ import annotations
