@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
@@ -28,14 +27,16 @@ from pipeline.options import IOOptions, runs_locally
 from pipeline.runner import Stopwatch, clear_previous_run, finish_summary, run_graph
 from storage.layout import (
     CHUNK_INPUT_NAME,
-    CHUNKS_DIR,
     any_layout_glob,
+    attempt_of,
     attempt_prefix,
     chunk_name,
+    chunk_paths,
     chunk_prefix,
     chunk_summary,
     committed_attempt,
     committed_attempts,
+    committed_of,
     new_attempt,
     plan_path,
     read_json,
@@ -215,7 +216,8 @@ class ChunkedLaunch:
         watch, started = Stopwatch(), utc_now()
         plan = self.plan(chunking, overwrite)
         names = [entry["name"] for entry in plan["chunks"]]
-        todo = [entry for entry in plan["chunks"] if not self._complete(entry["name"])]
+        committed = committed_attempts(self.output_prefix)  # one listing for every chunk
+        todo = [entry for entry in plan["chunks"] if entry["name"] not in committed]
         if len(todo) < len(names):
             log.info("resuming %s: %d of %d chunks are complete and kept", self.output_prefix,
                      len(names) - len(todo), len(names))
@@ -235,7 +237,8 @@ class ChunkedLaunch:
         if plan is None:
             clear_previous_run(self.output_prefix, self.tables)
             plan = write_plan(self.output_prefix, chunking)
-        if read_summary(self.output_prefix) is not None and not all(self._complete(e["name"]) for e in plan["chunks"]):
+        committed = committed_attempts(self.output_prefix)
+        if read_summary(self.output_prefix) is not None and not all(e["name"] in committed for e in plan["chunks"]):
             clear_previous_run(self.output_prefix, ())  # it would say complete
         return plan
 
@@ -247,7 +250,7 @@ class ChunkedLaunch:
             ChunksFailedError: the chunk's job failed.
         """
         entry = self._entry(chunking, name)
-        if self._complete(name):
+        if committed_attempt(self.output_prefix, name) is not None:
             log.info("chunk %s of %s is complete: kept", name, self.output_prefix)
             return chunk_summary(self.output_prefix, name)
         wait = runs_locally(self.options) or self.options.view_as(IOOptions).wait
@@ -267,7 +270,8 @@ class ChunkedLaunch:
         """
         watch, started = Stopwatch(), utc_now()
         plan = self._plan_or_refuse(chunking)
-        missing = [e["name"] for e in plan["chunks"] if not self._complete(e["name"])]
+        committed = committed_attempts(self.output_prefix)
+        missing = [e["name"] for e in plan["chunks"] if e["name"] not in committed]
         if missing:
             raise ChunksFailedError(f"{len(missing)} of {len(plan['chunks'])} chunks of {self.output_prefix} are not "
                                     f"complete ({', '.join(missing)}): run them first")
@@ -287,9 +291,6 @@ class ChunkedLaunch:
             raise PlanMismatchError(f"the plan under {self.output_prefix} has no chunk {name!r} "
                                     f"(it has {len(plan['chunks'])}: {chunk_name(0)} to {chunk_name(len(plan['chunks']) - 1)})")
         return entry
-
-    def _complete(self, name: str) -> bool:
-        return committed_attempt(self.output_prefix, name) is not None
 
     def _run_all(self, todo: list[dict[str, Any]], total: int) -> list[str]:
         """Runs the chunks, at most `parallel` at once on a remote runner; returns the names of those that failed."""
@@ -360,7 +361,9 @@ class ChunkedLaunch:
 
     def _aggregate(self, plan: dict[str, Any], resumed: int, started: str, watch: Stopwatch) -> tuple[dict, str]:
         """The top-level summary: every chunk's counts summed, with the chunks' own counts."""
-        summaries = [chunk_summary(self.output_prefix, e["name"]) for e in plan["chunks"]]
+        committed = committed_attempts(self.output_prefix)  # one listing, then a summary read per chunk
+        summaries = [read_summary(attempt_prefix(self.output_prefix, e["name"], committed[e["name"]]))
+                     if e["name"] in committed else None for e in plan["chunks"]]
         missing = [e["name"] for e, s in zip(plan["chunks"], summaries, strict=True) if s is None]
         if missing:
             raise RuntimeError(f"chunks {missing} of {self.output_prefix} have no summary after their jobs ended")
@@ -385,14 +388,10 @@ class ChunkedLaunch:
     def _drop_other_attempts(self) -> None:
         """Deletes every attempt but each chunk's committed one (a dead attempt's leftovers, a zombie's
         late files), so that the one glob reads exactly the run; readers never saw them anyway."""
-        committed = committed_attempts(self.output_prefix)
-        others = set()
-        root = attempt_prefix(self.output_prefix, "*", "*")
-        for result in FileSystems.match([f"{root}/*", f"{root}/*/*", f"{root}/*/*/*"]):  # files only, to the temp's
-            for match in result.metadata_list:
-                name, _, attempt = match.path.split(f"/{CHUNKS_DIR}/")[-1].split("/")[:3]  # NAME/attempts/ATTEMPT/...
-                if committed.get(name) != attempt:
-                    others.add((name, attempt))
+        paths = chunk_paths(self.output_prefix)
+        committed = committed_of(paths)
+        others = {(found[0], found[1]) for found in map(attempt_of, paths)
+                  if found and committed.get(found[0]) != found[1]}
         for name, attempt in sorted(others):
             prefix = attempt_prefix(self.output_prefix, name, attempt)
             clear_previous_run(prefix, self.tables)

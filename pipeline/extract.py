@@ -133,51 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(options.view_as(IOOptions).log_level)  # before TensorFlow loads
     io, opts, model = options.view_as(IOOptions), options.view_as(ExtractOptions), options.view_as(ModelOptions)
     try:
-        decode = opts.decode_options()
-        opts.validate_extract()
-        model.validate_model()
-        if opts.retry_failures:
-            if io.input:
-                raise ValueError("--input and --retry_failures exclude each other: the failures are the input")
-            if not table_files(opts.retry_failures, "failures"):
-                raise ValueError(f"--retry_failures {opts.retry_failures!r}: no failures table there "
-                                 f"({any_layout_glob(opts.retry_failures, 'failures')} matches nothing)")
-            io.input = f"failures of {opts.retry_failures}"
-        else:
-            io.validate_io("a glob of videos or a manifest (or --retry_failures PREFIX)")
-            check_input(io.input)
-        if not io.output_prefix:
-            raise ValueError("--output_prefix is required: where the tables are written")
-        if opts.chunk_videos and not runs_locally(options) and not io.wait:
-            raise ValueError("--chunk_videos runs one job per chunk from the launcher, which waits for each: "
-                             "it cannot go with --wait=false")
-        check_worker_packaging(options)
-        if not options.view_as(TestOptions).dry_run:  # a dry run touches no output and needs no model
-            check_model_handle(model.model)  # before anything under the output prefix is touched
+        decode = _check_launch(options, io, opts, model)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     plan = model.precision_plan()
     if plan.reason:
         log.warning("%s", plan.reason)
-
-    def extra(counts: dict[str, int], output_prefix: str) -> dict:
-        return {
-            "input": io.input,
-            # videos_ok, videos_failed and clips come from the tables' files (WriteTables).
-            "counts": {
-                "frames_decoded": counts.get("frames_decoded", 0),
-                "videos_split": counts.get("videos_split", 0),
-                "video_parts": counts.get("video_parts", 0),
-                "input_duplicates": counts.get("input_duplicates", 0),
-                "videos_skipped_done": counts.get("videos_skipped_done", 0),
-                "failures_retried": counts.get("failures_retried", 0),
-                "io_retries": counts.get("io_retries", 0),
-            },
-            "failure_reasons": failure_reasons(output_prefix),
-        }
-
-    metadata = run_metadata(decode, model, plan)
+    metadata, extra = run_metadata(decode, model, plan), summary_extra(io.input)
     try:
         if opts.chunk_videos and not options.view_as(TestOptions).dry_run:
             announced = _run_in_chunks(options, io, opts, model, decode, plan, metadata, extra)
@@ -199,6 +162,55 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     announce(summary, path, options, print_summary)
     return 0
+
+
+def _check_launch(options, io: IOOptions, opts: ExtractOptions, model: ModelOptions) -> DecodeOptions:
+    """Every check that can be made before anything under the output prefix is touched; the decoding
+    options. --retry_failures sets io.input to what the summary says was read.
+
+    Raises:
+        ValueError: naming the flag and what is wrong.
+    """
+    decode = opts.decode_options()
+    opts.validate_extract()
+    model.validate_model()
+    if opts.retry_failures:
+        if io.input:
+            raise ValueError("--input and --retry_failures exclude each other: the failures are the input")
+        if not table_files(opts.retry_failures, "failures"):
+            raise ValueError(f"--retry_failures {opts.retry_failures!r}: no failures table there "
+                             f"({any_layout_glob(opts.retry_failures, 'failures')} matches nothing)")
+        io.input = f"failures of {opts.retry_failures}"
+    else:
+        io.validate_io("a glob of videos or a manifest (or --retry_failures PREFIX)")
+        check_input(io.input)
+    if not io.output_prefix:
+        raise ValueError("--output_prefix is required: where the tables are written")
+    if opts.chunk_videos and not runs_locally(options) and not io.wait:
+        raise ValueError("--chunk_videos runs one job per chunk from the launcher, which waits for each: "
+                         "it cannot go with --wait=false")
+    check_worker_packaging(options)
+    if not options.view_as(TestOptions).dry_run:  # a dry run touches no output and needs no model
+        check_model_handle(model.model)  # before anything under the output prefix is touched
+    return decode
+
+
+# The job's counters a summary reports (videos_ok, videos_failed and clips come from the tables' files).
+SUMMARY_COUNTERS = ("frames_decoded", "videos_split", "video_parts", "input_duplicates", "videos_skipped_done",
+                    "failures_retried", "io_retries")
+
+
+def summary_extra(input_spec: str):
+    """What the launcher adds to a run's summary: the input, the job's counters, the failure reasons."""
+
+    def extra(counts: dict[str, int], output_prefix: str) -> dict:
+        return {
+            "input": input_spec,
+            "counts": {name: counts.get(name, 0) for name in SUMMARY_COUNTERS},
+            "failure_reasons": failure_reasons(output_prefix),
+        }
+
+    return extra
 
 
 def _run_in_chunks(options, io: IOOptions, opts: ExtractOptions, model: ModelOptions, decode: DecodeOptions,

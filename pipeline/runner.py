@@ -28,11 +28,11 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 from pipeline.options import IOOptions, ModelOptions, runs_locally
 from pipeline.progress import ProgressDisplay
 from storage.layout import (
-    ATTEMPTS_DIR,
     CHUNKS_DIR,
     PLAN_NAME,
     SUMMARY_NAME,
     any_layout_glob,
+    chunk_paths,
     read_summary,
     summary_path,
 )
@@ -67,14 +67,13 @@ def clear_previous_run(output_prefix: str, tables: tuple[str, ...]) -> int:
     Returns the number of paths deleted."""
     base = output_prefix.rstrip("/")
     chunks = f"{base}/{CHUNKS_DIR}"
+    under_chunks = chunk_paths(output_prefix)  # a run in chunks: everything there goes
     markers = [summary_path(output_prefix), f"{chunks}/{PLAN_NAME}"]
-    attempts = f"{chunks}/*/{ATTEMPTS_DIR}/*"
-    markers += sorted(m.path for m in FileSystems.match([f"{attempts}/{SUMMARY_NAME}"])[0].metadata_list)
-    patterns = [f"{chunks}/*/*", f"{attempts}/*"]
-    for root in (base, attempts):
-        patterns += [f"{root}/{t}/beam-temp-*" for t in tables] + [f"{root}/{t}/beam-temp-*/*" for t in tables]
-        patterns += [f"{root}/{t}/{t}-*.parquet" for t in tables]
-    paths = {m.path for result in FileSystems.match(patterns) for m in result.metadata_list} - set(markers)
+    markers += sorted(p for p in under_chunks if p.endswith(f"/{SUMMARY_NAME}"))
+    patterns = [f"{base}/{t}/beam-temp-*" for t in tables] + [f"{base}/{t}/beam-temp-*/*" for t in tables]
+    patterns += [f"{base}/{t}/{t}-*.parquet" for t in tables]
+    paths = {m.path for result in FileSystems.match(patterns) for m in result.metadata_list}
+    paths = (paths | set(under_chunks)) - set(markers)
     deleted = 0
     for marker in markers:  # first, one by one: a half-cleared prefix never looks complete
         if FileSystems.exists(marker):

@@ -80,9 +80,7 @@ def attempt_prefix(output_prefix: str, name: str, attempt: str) -> str:
 
 def committed_attempts(output_prefix: str) -> dict[str, str]:
     """Chunk name -> its committed attempt (the newest with a summary), from one listing."""
-    from apache_beam.io.filesystems import FileSystems
-
-    return _committed(m.path for m in FileSystems.match([_chunks_listing(output_prefix)])[0].metadata_list)
+    return committed_of(chunk_paths(output_prefix))
 
 
 def _chunks_listing(output_prefix: str) -> str:
@@ -90,7 +88,14 @@ def _chunks_listing(output_prefix: str) -> str:
     return f"{output_prefix.rstrip('/')}/{CHUNKS_DIR}/**"
 
 
-def _attempt_path(path: str) -> tuple[str, str, list[str]] | None:
+def chunk_paths(output_prefix: str) -> list[str]:
+    """Every file under PREFIX/chunks/ (plan, inputs, attempts), from one listing."""
+    from apache_beam.io.filesystems import FileSystems
+
+    return [m.path for m in FileSystems.match([_chunks_listing(output_prefix)])[0].metadata_list]
+
+
+def attempt_of(path: str) -> tuple[str, str, list[str]] | None:
     """(chunk, attempt, the rest) of a path under PREFIX/chunks/NAME/attempts/ATTEMPT/, else None."""
     parts = path.rsplit(f"/{CHUNKS_DIR}/", 1)[-1].split("/")
     if len(parts) < 4 or parts[1] != ATTEMPTS_DIR:
@@ -98,10 +103,11 @@ def _attempt_path(path: str) -> tuple[str, str, list[str]] | None:
     return parts[0], parts[2], parts[3:]
 
 
-def _committed(paths) -> dict[str, str]:
+def committed_of(paths) -> dict[str, str]:
+    """Chunk name -> its committed attempt, among the listed paths."""
     committed: dict[str, str] = {}
     for path in paths:
-        found = _attempt_path(path)
+        found = attempt_of(path)
         if found and found[2] == [SUMMARY_NAME]:
             name, attempt, _ = found
             committed[name] = max(committed.get(name, attempt), attempt)
@@ -168,10 +174,10 @@ def table_files(output_prefix: str, table: str) -> list[str]:
 
     own, chunked = FileSystems.match([table_glob(output_prefix, table), _chunks_listing(output_prefix)])
     paths = [m.path for m in chunked.metadata_list]
-    committed = _committed(paths)
+    committed = committed_of(paths)
     files = [m.path for m in own.metadata_list]
     for path in paths:  # NAME/attempts/ATTEMPT/TABLE/TABLE-*.parquet of a committed attempt
-        found = _attempt_path(path)
+        found = attempt_of(path)
         if found and committed.get(found[0]) == found[1] and len(found[2]) == 2 and found[2][0] == table \
                 and fnmatch.fnmatchcase(found[2][1], f"{table}-*.parquet"):
             files.append(path)
