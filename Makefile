@@ -59,9 +59,10 @@ browser:
 
 # Test files run in parallel (pytest-xdist), a file to a worker so module fixtures run once;
 # most tests wait on process start-up and model loading, so two workers gain even on two cores.
+# The files run longest first (tests/conftest.py, FILE_SECONDS), in that order: no reordering by xdist.
 TEST_WORKERS ?= auto --maxprocesses 4
 test: $(STAMP) browser
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 # Airflow 3.3 supports Python 3.10 to 3.13, which covers every Python the project supports.
 $(AIRFLOW_STAMP): deploy/airflow/requirements.txt

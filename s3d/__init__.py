@@ -11,3 +11,13 @@ import os
 # of the project imports TensorFlow, in every process (Beam's workers import this package to
 # unpickle the model handler); a user's own TF_ENABLE_ONEDNN_OPTS wins.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
+
+def package_version() -> str:
+    """This project's installed version (its run summaries and its HTTP user agent name it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("s3d-features")
+    except PackageNotFoundError:
+        return "0+unknown"

@@ -19,21 +19,13 @@ import time
 
 import numpy as np
 
+from s3d import package_version
 from s3d.quiet import add_log_level_arguments, set_up_console
 
 PROVENANCE_FILE = os.path.join("assets.extra", "s3d_provenance.json")
 # The text tower's vocabulary, one word a line (the graph has its own copy): lets callers
 # count the words of a sentence the model knows without running TensorFlow.
 VOCAB_FILE = os.path.join("assets.extra", "s3d_vocab.txt")
-
-
-def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("s3d-features")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def save_model(

@@ -31,8 +31,12 @@ def models(standin_dir):
 
 @pytest.fixture(scope="module")
 def clips():
-    """The benchmark's corpus: natural-looking clips at the job's size (32 frames, 224x224), uint8 as the job feeds them."""
-    return natural_clips(48)
+    """The benchmark's kind of clip at the job's size (32 frames, 224x224), uint8 as the job feeds them.
+
+    24 of them (the benchmark runs 48): a top-10 of 24 that bfloat16 keeps at >= 0.9 is still far from
+    chance (10/24), and the fixture costs half the suite's time of 48 (two precisions, about 1 s a clip).
+    """
+    return natural_clips(24)
 
 
 @pytest.fixture(scope="module")
