@@ -42,11 +42,14 @@ from decoder.errors import (
 from decoder.frames import FrameConverter
 from decoder.options import FALLBACK_FPS, DecodeOptions
 from decoder.sampling import EPS, Clip, NeedAllFrames, TimestampSampler, Windower
-from storage.paths import is_local, local_path
+from storage.paths import UnusableObjectError, is_local, local_path
 
 # Opens a remote URI for reading (the jobs pass storage.objects.open_object). It raises
-# FileNotFoundError for a missing object and PermissionError for a forbidden one (both permanent);
-# other errors count as transient (timeouts, 5xx) and may be retried.
+# FileNotFoundError for a missing object, PermissionError for a forbidden one and
+# storage.paths.UnusableObjectError for one that will never read as asked (all permanent); other
+# errors count as transient (timeouts, 5xx) and may be retried, unless they say they were already
+# (`retried`, as the http(s) filesystem's do). An error's `error_type`, when it has one, is the
+# failure record's.
 Opener = Callable[[str], IO[bytes]]
 
 # Packets read ahead of the decoder: enough to know each frame's successor in presentation
@@ -92,12 +95,21 @@ def _remote_source(uri: str, opener: Opener | None) -> IO[bytes]:
         raise OpenError(uri, "a remote URI needs an opener (the jobs pass Beam's FileSystems)")
     try:
         return opener(uri)
-    except FileNotFoundError as e:
-        raise OpenError(uri, f"no such object: {e}") from e
-    except PermissionError as e:
-        raise OpenError(uri, f"access denied: {e}") from e
     except Exception as e:  # filesystem plugins raise their own types (BeamIOError, ...): retryable
-        raise OpenError(uri, f"cannot read: {type(e).__name__}: {e}", transient=True) from e
+        cause = e
+    if isinstance(cause, FileNotFoundError):
+        error = OpenError(uri, f"no such object: {cause}")
+    elif isinstance(cause, PermissionError):
+        error = OpenError(uri, f"access denied: {cause}")
+    elif isinstance(cause, UnusableObjectError):
+        error = OpenError(uri, f"cannot be read as media: {cause}")
+    else:
+        error = OpenError(uri, f"cannot read: {type(cause).__name__}: {cause}", transient=True)
+        if getattr(cause, "retried", False):
+            error.retried = True
+    if getattr(cause, "error_type", None):
+        error.error_type = cause.error_type
+    raise error from cause
 
 
 def open_container(uri: str, opener: Opener | None = None) -> tuple[Any, IO[bytes] | None]:

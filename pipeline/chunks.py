@@ -12,6 +12,7 @@ PREFIX/run_summary.json aggregates them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -48,7 +49,15 @@ from storage.objects import write_object
 from storage.paths import is_local, local_path
 from storage.runs import differences, interchangeable
 from transforms.incremental import matching_table_files
-from transforms.inputs import CARRIED, input_key, keep_first, read_input_rows, request_or_failure
+from transforms.inputs import (
+    CARRIED,
+    DEFAULT_COLUMNS,
+    Columns,
+    input_key,
+    keep_first,
+    read_input_rows,
+    request_or_failure,
+)
 from transforms.records import VideoRequest
 from transforms.tables import utc_now, write_summary
 
@@ -71,11 +80,14 @@ class Chunking:
     skip_done: tuple[str, ...]
     split_sec: float
     metadata: dict[str, Any]
+    columns: Columns = DEFAULT_COLUMNS
 
     def identity(self) -> dict[str, Any]:
-        """The plan's parameters: the input and its cut, and what makes features interchangeable."""
+        """The plan's parameters: the input and its cut (with the manifest's columns when not the
+        default ones), and what makes features interchangeable."""
+        columns = {} if self.columns == DEFAULT_COLUMNS else {"columns": dataclasses.asdict(self.columns)}
         return {"input": self.input, "chunk_videos": self.chunk_videos, "skip_done": list(self.skip_done),
-                "split_sec": self.split_sec, **interchangeable(self.metadata)}
+                "split_sec": self.split_sec, **columns, **interchangeable(self.metadata)}
 
 
 def done_ids(chunking: Chunking) -> set[str]:
@@ -127,7 +139,7 @@ def _left_when_done(key: str, rows: list[dict[str, Any]]) -> tuple[list[dict[str
 def write_plan(output_prefix: str, chunking: Chunking) -> dict[str, Any]:
     """Reads the input, cuts it, writes every chunk's input and then the plan (the plan last: a plan
     that exists names chunks whose inputs all exist). Returns the plan."""
-    chunks, skipped = cut(read_input_rows(chunking.input), chunking.chunk_videos, done_ids(chunking))
+    chunks, skipped = cut(read_input_rows(chunking.input, chunking.columns), chunking.chunk_videos, done_ids(chunking))
     entries = []
     for index, rows in enumerate(chunks):
         name = chunk_name(index)

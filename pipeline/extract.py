@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import TestOptions
 
 from decoder import DecodeOptions
@@ -88,7 +89,7 @@ def build_pipeline(
     retry = None
     if opts.retry_failures:
         retry = ReadFailuresAsInput(opts.retry_failures, split_list(opts.retry_stages), split_list(opts.retry_errors))
-    inputs = p | "ReadInput" >> ReadVideoRequests(None if retry else input_spec, retry=retry)
+    inputs = p | "ReadInput" >> ReadVideoRequests(None if retry else input_spec, retry=retry, columns=opts.columns())
     skip_done = split_list(opts.skip_done) if skip_done is None else skip_done
     done_files = matching_table_files(skip_done, "videos", metadata)
     todo = inputs["requests"] | "SkipDone" >> SkipDone(done_files)
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         [(ExtractOptions, None), (ModelOptions, "model")],
     )
     configure_logging(options.view_as(IOOptions).log_level)  # before TensorFlow loads
+    FileSystems.set_options(options)  # what the launcher reads (the input, a plan) reads as the job does: http(s) flags
     io, opts, model = options.view_as(IOOptions), options.view_as(ExtractOptions), options.view_as(ModelOptions)
     try:
         decode = _check_launch(options, io, opts, model)
@@ -183,7 +185,7 @@ def _check_launch(options, io: IOOptions, opts: ExtractOptions, model: ModelOpti
         io.input = f"failures of {opts.retry_failures}"
     else:
         io.validate_io("a glob of videos or a manifest (or --retry_failures PREFIX)")
-        check_input(io.input)
+        check_input(io.input, column=opts.uri_column)
     if not io.output_prefix:
         raise ValueError("--output_prefix is required: where the tables are written")
     if opts.chunk_videos and not runs_locally(options) and not io.wait:
@@ -220,7 +222,8 @@ def _run_in_chunks(options, io: IOOptions, opts: ExtractOptions, model: ModelOpt
     Every step but a single chunk's holds the prefix's lease; a chunk's attempt holds its chunk's.
     Returns the summary to announce (None when the step printed what it has to say).
     """
-    chunking = Chunking(io.input, opts.chunk_videos, tuple(split_list(opts.skip_done)), opts.split_sec, metadata)
+    chunking = Chunking(io.input, opts.chunk_videos, tuple(split_list(opts.skip_done)), opts.split_sec, metadata,
+                        opts.columns())
     job_state = None if runs_locally(options) else dataflow_job_state(options)
     launch_ = ChunkedLaunch(
         options, io.output_prefix, TABLES,

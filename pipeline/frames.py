@@ -39,7 +39,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Decode one video as the extraction job does and show what the model sees: the sampled "
         "frames as a .npy array, a contact sheet PNG, and a JSON summary on stdout.",
     )
-    parser.add_argument("video", help="a video file, or a URI Beam can read (gs://, s3://, ...)")
+    parser.add_argument("video", help="a video file, or a URI Beam can read (gs://, s3://, https://, ...)")
     parser.add_argument("--output", help="write the sampled real frames here, uint8 [N, size, size, 3] (.npy)")
     parser.add_argument("--sheet", help="write a contact sheet here (.png): one row per clip")
     parser.add_argument("--sheet_clips", type=int, default=SHEET_CLIPS,

@@ -19,7 +19,9 @@ from decoder import DecodeOptions, add_decode_arguments
 from s3d.loader import DEFAULT_HANDLE
 from s3d.precision import DEFAULT_PRECISION, PRECISIONS, Machine, PrecisionPlan, plan_precision
 from s3d.quiet import add_log_level_arguments
+from storage.http import HttpSettings, default_user_agent
 from transforms.inference import S3DModelHandler
+from transforms.inputs import Columns
 from transforms.progress import ProgressLog
 
 log = logging.getLogger(__name__)
@@ -272,6 +274,41 @@ class ExtractOptions(PipelineOptions):
                            help="clips decoded ahead in a background thread while the model runs; "
                            "0 = decode inline (default: 2)")
         cls._add_incremental_args(parser)
+        cls._add_input_args(parser)
+
+    @staticmethod
+    def _add_input_args(parser) -> None:
+        group = parser.add_argument_group(
+            "manifest columns", "published corpora name their columns their own way (WebVid's CSV: --uri_column "
+            "contentUrl --id_column videoid)")
+        group.add_argument("--uri_column", default="uri", help="the column of the video's path or URL (default: uri)")
+        group.add_argument("--id_column", default="video_id",
+                           help="the column of the video's id; without one, the id is derived from the URI and "
+                           "segment (default: video_id)")
+        group.add_argument("--start_column", default="start_sec",
+                           help="the column of a segment's start in seconds (default: start_sec)")
+        group.add_argument("--end_column", default="end_sec",
+                           help="the column of a segment's end in seconds (default: end_sec)")
+        defaults = HttpSettings()
+        group = parser.add_argument_group(
+            "http(s) inputs", "videos and manifests at http:// and https:// URLs are read with range requests; "
+            "transient errors (5xx, 429, timeouts, resets) are retried --io_retries times")
+        group.add_argument("--http_max_per_host", type=int, default=defaults.max_per_host,
+                           help="connections to one host at once from each worker process; a request waits for "
+                           f"a free one (default: {defaults.max_per_host})")
+        group.add_argument("--http_timeout_sec", type=float, default=defaults.timeout_sec,
+                           help="the longest a response may stay silent before the read is retried "
+                           f"(default: {defaults.timeout_sec:g})")
+        group.add_argument("--http_user_agent", default=None,
+                           help=f"the User-Agent header (default: {default_user_agent().split(' (')[0]} and what "
+                           "the project is)")
+        group.add_argument("--http_spool_limit_mb", type=int, default=defaults.spool_limit_mb,
+                           help="a server that ignores Range requests is read whole into a temporary file on the "
+                           "worker's disk, up to this size; a larger video fails (default: "
+                           f"{defaults.spool_limit_mb})")
+
+    def columns(self) -> Columns:
+        return Columns(self.uri_column, self.id_column, self.start_column, self.end_column)
 
     def decode_options(self) -> DecodeOptions:
         """The decoder's options, built once by the job's entry point; ValueError names the flag."""
@@ -316,6 +353,14 @@ class ExtractOptions(PipelineOptions):
                            "when made with other parameters (without it, such a run makes the launch refuse)")
 
     def validate_extract(self) -> None:
+        if self.http_max_per_host is None or self.http_max_per_host < 1:
+            raise ValueError(f"--http_max_per_host must be >= 1, got {self.http_max_per_host}")
+        if self.http_timeout_sec is None or not self.http_timeout_sec > 0:
+            raise ValueError(f"--http_timeout_sec must be > 0, got {self.http_timeout_sec}")
+        if self.http_spool_limit_mb is None or self.http_spool_limit_mb < 0:
+            raise ValueError(f"--http_spool_limit_mb must be >= 0, got {self.http_spool_limit_mb}")
+        if not all((self.uri_column, self.id_column, self.start_column, self.end_column)):
+            raise ValueError("--uri_column, --id_column, --start_column and --end_column must not be empty")
         if self.io_retries is None or self.io_retries < 0:
             raise ValueError(f"--io_retries must be >= 0, got {self.io_retries}")
         if self.io_retry_backoff_sec is None or self.io_retry_backoff_sec < 0:

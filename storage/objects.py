@@ -21,6 +21,7 @@ from typing import IO
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+import storage.http  # noqa: F401 - registers http:// and https:// with Beam's FileSystems
 from storage.paths import is_local, local_path
 
 # What a store answers for a request that will never succeed as it is (HTTP statuses and S3's error
@@ -155,10 +156,6 @@ def copy_object(source: str, destination: str, chunk: int = 8 << 20) -> str:
     (streamed: the object is never held in memory whole)."""
     with (open(local_path(source), "rb") if is_local(source) else open_object(source)) as src, \
             _whole(destination) as dst:
-        shutil.copyfileobj(src, dst, chunk)
-    return destination
-    with (open(local_path(source), "rb") if is_local(source) else open_object(source)) as src, \
-            FileSystems.create(destination) as dst:
         shutil.copyfileobj(src, dst, chunk)
     return destination
 

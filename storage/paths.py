@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+class UnusableObjectError(OSError):
+    """The object is there and answers, but will never read as asked: an HTML page where a video was
+    expected, an HTTP status that asking again will not change. Permanent, as FileNotFoundError and
+    PermissionError are (the decoder's opener contract, decoder/reader.py)."""
+
+
 def is_local(uri: str) -> bool:
     """A path on this machine (or a file:// URI), as opposed to an object store URI."""
     return "://" not in uri or uri.startswith("file://")

@@ -98,7 +98,7 @@ class DecodeClipsFn(beam.DoFn):
                     yield ClipItem(request.video_id, request.uri, clip)
                 break
             except VideoError as e:  # includes a stream that broke after some clips (they stay in `clips`)
-                if e.transient and emitted == 0 and attempt < self._io_retries:
+                if e.transient and emitted == 0 and attempt < self._io_retries and not getattr(e, "retried", False):
                     delay = self._backoff_sec * 2**attempt
                     log.warning("%s; retrying in %.1fs (%d of %d)", e, delay, attempt + 1, self._io_retries)
                     self._retries.inc()

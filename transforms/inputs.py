@@ -8,15 +8,19 @@ de-duplicated by video_id: the same video listed twice is decoded once.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
 import io
 import json
 import math
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
 from apache_beam import PTransform
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
@@ -26,6 +30,64 @@ from transforms.records import FAILURES, NAMESPACE, VideoRequest, derive_video_i
 MANIFEST_KINDS = {".txt": "txt", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 BAD_LINES = "bad_lines"
 CARRIED = "_input_failure"  # a row that carries its failure row (read_input_rows, the chunk planner)
+
+
+@dataclasses.dataclass(frozen=True)
+class Columns:
+    """Which manifest columns hold the uri, the video_id and the segment (`--uri_column` and its kin).
+
+    `canonical` renames a row's columns to the names the job uses (uri, video_id, start_sec,
+    end_sec), once, where rows are read; everything after sees those names only.
+    """
+
+    uri: str = "uri"
+    video_id: str = "video_id"
+    start_sec: str = "start_sec"
+    end_sec: str = "end_sec"
+
+    def canonical(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The row with the chosen columns under the job's names (a row with them already stays as it is)."""
+        mapping = {c: name for name, c in dataclasses.asdict(self).items() if c != name and c in row}
+        if not mapping:
+            return row
+        out = {k: v for k, v in row.items() if k not in mapping}
+        out.update({name: row[c] for c, name in mapping.items()})
+        return out
+
+
+DEFAULT_COLUMNS = Columns()
+
+# Pages of video sites: a downloader (yt-dlp and its kind) turns them into files; this job reads files.
+_VIDEO_PAGES = ("youtube.com", "youtu.be", "youtube-nocookie.com", "vimeo.com", "tiktok.com")
+
+
+@functools.lru_cache(maxsize=1)
+def readable_schemes() -> frozenset[str]:
+    """The URI schemes a Beam filesystem here reads (gs needs the gcp extra, s3 the aws one)."""
+    import storage.objects  # noqa: F401 - registers http and https
+
+    return frozenset(fs.scheme() for fs in FileSystem.get_all_subclasses() if fs.scheme())
+
+
+def check_uri(uri: str) -> None:
+    """Raises ValueError, saying why, for a URI no filesystem here reads or that names a web page."""
+    if "://" not in uri:
+        return  # a local path
+    scheme = uri.split("://", 1)[0].lower()
+    if scheme == "file":
+        return
+    if scheme in ("http", "https"):
+        host = (urllib.parse.urlsplit(uri).hostname or "").lower()
+        if not host:
+            raise ValueError(f"{uri!r} has no host")
+        if any(host == site or host.endswith("." + site) for site in _VIDEO_PAGES):
+            raise ValueError(f"{uri!r} is a video site's page, not a video file: it needs a downloader (such as "
+                             "yt-dlp) that this job does not run; download the videos and list the files or their "
+                             "direct URLs")
+    if scheme not in readable_schemes():
+        raise ValueError(f"{uri!r}: no filesystem here reads {scheme}:// (readable: "
+                         f"{', '.join(sorted(readable_schemes()))} and local paths; gs:// needs the gcp extra, "
+                         "s3:// the aws extra)")
 
 
 def input_kind(spec: str) -> str:
@@ -112,6 +174,7 @@ def to_request(row: dict[str, Any]) -> VideoRequest:
     uri = uri.strip() if isinstance(uri, str) else uri
     if not uri or not isinstance(uri, str):
         raise ValueError(f"row has no uri: {row!r}")
+    check_uri(uri)
     start, end = _optional_float(row, "start_sec"), _optional_float(row, "end_sec")
     if start is not None and end is not None and end <= start:
         raise ValueError(f"end_sec must be > start_sec, got [{start}, {end})")
@@ -215,18 +278,22 @@ def bad_line(line: str, error: Exception) -> dict[str, str]:
     return {"line": line, "error_type": type(error).__name__, "message": str(error)}
 
 
-def read_input_rows(spec: str) -> Iterator[dict[str, Any]]:
+def read_input_rows(spec: str, columns: Columns = DEFAULT_COLUMNS) -> Iterator[dict[str, Any]]:
     """The rows --input names, read here rather than in a graph (the chunk planner's reading of it).
 
     The same rows the graph's ReadVideoRequests reads: a glob's files as {"uri": path}, a manifest's
-    rows; a line that does not parse is a row carrying (CARRIED) the failure the graph gives it, which
-    ToVideoRequestFn passes on. One pass, line by line.
+    rows (`columns` renamed); a line that does not parse is a row carrying (CARRIED) the failure the
+    graph gives it, which ToVideoRequestFn passes on. One pass, line by line.
     """
     matches = sorted(m.path for m in FileSystems.match([spec])[0].metadata_list)
     kind = input_kind(spec)
     if kind == "glob":
         yield from ({"uri": path} for path in matches)
         return
+    yield from map(columns.canonical, _manifest_rows(matches, kind))
+
+
+def _manifest_rows(matches: list[str], kind: str) -> Iterator[dict[str, Any]]:
     for path in matches:
         if kind == "parquet":
             import pyarrow.parquet as pq
@@ -244,7 +311,7 @@ def read_input_rows(spec: str) -> Iterator[dict[str, Any]]:
             for line in lines:
                 line = line.rstrip("\r\n")
                 try:
-                    row = parse_line(line, kind, header, "uri", comments=True)
+                    row = parse_line(line, kind, header, "uri", comments=True)  # a .txt line is the uri
                 except ValueError as e:
                     yield {CARRIED: _bad_line_failure(bad_line(line, e))}
                     continue
@@ -258,9 +325,10 @@ class ReadManifestRows(beam.PTransform):
     A .txt manifest has one value a line, which becomes the row's `line_column`.
     """
 
-    def __init__(self, spec: str, line_column: str, comments: bool = False):
+    def __init__(self, spec: str, line_column: str, comments: bool = False, columns: Columns = DEFAULT_COLUMNS):
         super().__init__()
         self._spec = spec
+        self._columns = columns
         self._kind = input_kind(spec)
         if self._kind == "glob":
             raise ValueError(f"{spec!r} is not a manifest (.txt, .csv, .jsonl or .parquet)")
@@ -272,11 +340,16 @@ class ReadManifestRows(beam.PTransform):
     def expand(self, pbegin):
         if self._kind == "parquet":
             rows = pbegin | "ReadParquet" >> beam.io.ReadFromParquet(self._spec)
-            return {"rows": rows, BAD_LINES: pbegin | "NoBadLines" >> beam.Create([])}
-        lines = pbegin | "ReadLines" >> beam.io.ReadFromText(self._spec, skip_header_lines=1 if self._kind == "csv" else 0)
-        parsed = lines | "ParseRows" >> beam.ParDo(
-            _ParseLineFn(self._kind, self._header, self._column, self._comments)).with_outputs(BAD_LINES, main="rows")
-        return {"rows": parsed.rows, BAD_LINES: parsed[BAD_LINES]}
+            bad = pbegin | "NoBadLines" >> beam.Create([])
+        else:
+            lines = pbegin | "ReadLines" >> beam.io.ReadFromText(
+                self._spec, skip_header_lines=1 if self._kind == "csv" else 0)
+            parsed = lines | "ParseRows" >> beam.ParDo(_ParseLineFn(
+                self._kind, self._header, self._column, self._comments)).with_outputs(BAD_LINES, main="rows")
+            rows, bad = parsed.rows, parsed[BAD_LINES]
+        if self._columns != DEFAULT_COLUMNS:
+            rows = rows | "RenameColumns" >> beam.Map(self._columns.canonical)
+        return {"rows": rows, BAD_LINES: bad}
 
 
 def _bad_line_failure(bad: dict[str, str]) -> dict[str, Any]:
@@ -314,14 +387,15 @@ class _KeepFirstFn(beam.DoFn):
 class ReadVideoRequests(beam.PTransform):
     """--input -> PCollection[VideoRequest] (main) and failure rows (tag `failures`)."""
 
-    def __init__(self, spec: str | None, retry: PTransform | None = None):
-        """Reads `spec` (a glob or a manifest), or, given `retry`, the manifest rows it yields."""
+    def __init__(self, spec: str | None, retry: PTransform | None = None, columns: Columns = DEFAULT_COLUMNS):
+        """Reads `spec` (a glob or a manifest, its `columns` renamed), or, given `retry`, the rows it yields."""
         super().__init__()
         if (spec is None) == (retry is None):
             raise ValueError("give an input spec or a retry source, not both")
         self._spec = spec
         self._retry = retry
-        self._manifest = None if retry or input_kind(spec) == "glob" else ReadManifestRows(spec, "uri", comments=True)
+        self._manifest = None if retry or input_kind(spec) == "glob" else \
+            ReadManifestRows(spec, "uri", comments=True, columns=columns)
 
     def expand(self, pbegin):
         failures = []
