@@ -17,12 +17,12 @@ import pytest
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from floats import assert_features_close
-from http_server import Trouble, VideoServer
 
 from pipeline import extract
 from storage.http import HtmlNotMediaError, HttpNotFoundError, HttpReader, HttpSettings
 from storage.layout import read_summary, table_files
 from storage.objects import open_object
+from synthetic.http_server import Trouble, VideoServer
 from synthetic.videos import write_video
 from transforms.inputs import Columns, check_uri, read_input_rows
 

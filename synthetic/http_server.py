@@ -1,5 +1,5 @@
-"""A real HTTP server on 127.0.0.1 for the tests: files from a directory, with full Range support,
-and switches that make it misbehave the ways web servers do.
+"""A real HTTP server on 127.0.0.1 for the tests and benchmarks: files from a directory, with full
+Range support, and switches that make it misbehave the ways web servers do.
 
 `server.url(name)` is a well-behaved URL; `server.url(name, Trouble(...))` one whose requests meet
 the trouble asked for (each such URL counts its own requests, so "the first N times" is per URL).
