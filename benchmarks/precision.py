@@ -6,7 +6,7 @@ All variants are loaded in this one process and timed in alternation (round-robi
 4), so their ratios share the machine's state. Deviation is measured on natural-looking
 32x224x224 clips (smooth moving patterns, `s3d.network.calibration_clips`) fed as uint8,
 as the job feeds them. Prints one JSON line. On a machine with a GPU it compares float16
-with float32 instead (the command the README gives for measuring a GPU worker).
+with float32 instead (the command docs/scale.md gives for measuring a GPU worker).
 
 Variants: the module in float32; bfloat16 as shipped (the first KEEP_DEPTH convolutions from
 the images in float32, see `s3d.precision.keep_float32`); and the alternatives that justify

@@ -515,7 +515,7 @@ def precision_section(model: str, log: Callable[[str], None]) -> str:
         "nothing measurable.",
         "",
         "float16 is for GPUs; on this CPU the float16 rewrite changes nothing (it only rewrites ops placed "
-        "on a GPU with tensor cores), so it is not in the table. See the README, *Running at scale*.",
+        "on a GPU with tensor cores), so it is not in the table. See docs/scale.md.",
     ]
     if c:
         b = c["variants"]["bfloat16"]
@@ -727,7 +727,7 @@ def shuffle_section(model: str, log: Callable[[str], None]) -> str:
         "",
         f"Serialization is {r['coder_ms_per_clip'] / r['model_ms_per_clip']:.3f} of the CPU model time per clip; "
         f"the real cost is the volume: {terabytes:.1f} TB shuffled per 1,000 hours of video at 10 fps "
-        f"({clips_per_1000_hours:,.0f} clips). See README, \"Running at scale\".",
+        f"({clips_per_1000_hours:,.0f} clips). See docs/scale.md.",
     ])
 
 

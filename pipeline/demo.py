@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if status == 0:
         peek(output)
         print("\nThe bundled model is an untrained stand-in: shapes and plumbing are real, the numbers carry "
-              "no meaning. Use --model with the real module for real features (see README).")
+              "no meaning. Use --model with the real module for real features (see docs/model.md).")
     return status
 
 

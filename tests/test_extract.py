@@ -286,33 +286,6 @@ def test_the_graph_itself_writes_the_summary_when_the_tables_are_final(corpus, s
     assert summary["rows"]["clips"] == read_table(prefix, "clips").num_rows == 2
 
 
-def test_readme_documents_every_option():
-    import argparse
-
-    from pipeline.options import ExtractOptions, IOOptions, ModelOptions
-
-    parser = argparse.ArgumentParser()
-    for cls in (IOOptions, ExtractOptions, ModelOptions):
-        cls._add_argparse_args(parser)
-    flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--") and s != "--help"]
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
-    missing = [f for f in flags if f"`{f}`" not in readme and f"`{f} " not in readme and f"{f}`" not in readme]
-    assert len(flags) > 20 and missing == []
-
-
-def test_readme_lists_exactly_the_columns_of_each_table():
-    import re
-
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
-    schemas = {"clips": CLIPS_SCHEMA, "videos": VIDEOS_SCHEMA, "failures": FAILURES_SCHEMA}
-    for table, schema in schemas.items():
-        row = re.search(rf"^\| `{table}` \| (.*) \|$", readme, re.M)
-        assert row, f"README has no row for the {table} table"
-        # Column names are the backticked words outside parentheses (those hold values and notes).
-        documented = re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", row.group(1)))
-        assert documented == schema.names, table
-
-
 def test_failure_reasons_read_without_arrows_dataset_layer(run, monkeypatch):
     """pq.read_table on a Python file object let Arrow's threads drop the file during interpreter
     exit, aborting one process in a dozen after its job had finished (a core dump showed

@@ -258,7 +258,7 @@ def test_same_input_gives_the_same_rows(videos, standin_dir, tmp_path):
         for x, y in zip(ra, rb, strict=True):
             assert {k: v for k, v in x.items() if k not in ("mixed_5c", "video_embedding")} == \
                 {k: v for k, v in y.items() if k not in ("mixed_5c", "video_embedding")}
-            for f in ("mixed_5c", "video_embedding"):  # the README's promise: within float32 rounding
+            for f in ("mixed_5c", "video_embedding"):  # docs/runs.md's promise: within float32 rounding
                 assert_features_close(x[f], y[f], f"{x['video_id']} {f}")
 
 

@@ -89,7 +89,7 @@ PARAMS = {
     "skip_done": Param("", type="string", description="comma-separated earlier prefixes whose videos are skipped"),
     "precision": Param("float32", enum=["float32", "bfloat16", "float16"],
                        description="what the video tower computes in: bfloat16 on CPUs with AVX512_BF16/AMX, "
-                       "float16 on GPU workers (see the README); part of the run's identity for skip_done"),
+                       "float16 on GPU workers (see docs/precision.md); part of the run's identity for skip_done"),
     "chunk_videos": Param(10000, type="integer", minimum=1,
                           description="videos per chunk: each chunk commits on its own, and a failed one is retried "
                           "alone (the job's --chunk_videos)"),
@@ -102,7 +102,7 @@ PARAMS = {
     "worker_image": Param("", type="string", description="sdk_container_image (empty: ship setup.py)"),
     "inference_accelerator": Param("", type="string",
                                    description="GPUs on the inference step only (shuffles every clip to them; "
-                                   "see the README's cost table), e.g. type:nvidia-tesla-t4;count:1;install-nvidia-driver"),
+                                   "see the cost table in docs/scale.md), e.g. type:nvidia-tesla-t4;count:1;install-nvidia-driver"),
     "dataflow_service_options": Param("", type="string",
                                       description="GPUs on every worker, no shuffle (the cheaper route at scale), e.g. "
                                       "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"),
