@@ -64,6 +64,7 @@ from decoder.reader import ClipReader, Opener, VideoInfo, _remote_source
 from decoder.sampling import Clip
 from decoder.split import Extent, read_extent
 from storage.paths import is_local
+from storage.seekable import SeekableReader
 
 FAULT_ENV = "S3D_DECODER_FAULT"
 FAULT_KINDS = ("segv", "abort", "hang", "exit")
@@ -442,34 +443,19 @@ class _Channel:
             self.free.append(message[1])
 
 
-class _RemoteFile(io.RawIOBase):
+class _RemoteFile(SeekableReader):
     """The parent's remote object, read through the pipe in chunks of READ_CHUNK."""
 
     def __init__(self, channel: _Channel):
         super().__init__()
         self._channel = channel
-        self._pos = 0
         self._start, self._data = 0, b""
         self._size: int | None = None
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_END:
-            if self._size is None:
-                self._size = self._channel.request(("size",))
-            offset += self._size
-        elif whence == io.SEEK_CUR:
-            offset += self._pos
-        self._pos = max(0, offset)
-        return self._pos
+    def _end(self) -> int:
+        if self._size is None:
+            self._size = self._channel.request(("size",))
+        return self._size
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:

@@ -64,6 +64,7 @@ from apache_beam.io.filesystem import (
 
 from s3d import package_version
 from storage.paths import UnusableObjectError
+from storage.seekable import SeekableReader
 
 log = logging.getLogger(__name__)
 
@@ -304,17 +305,14 @@ def _check_not_html(response: urllib3.BaseHTTPResponse, head: bytes, url: str) -
 # ---- the reader ------------------------------------------------------------------------------------
 
 
-class HttpReader(io.RawIOBase):
+class HttpReader(SeekableReader):
     """A seekable read-only file over one URL, with range requests (see the module's docstring)."""
-
-    mode = "rb"  # Beam's CompressedFile asks
 
     def __init__(self, url: str, settings: HttpSettings):
         super().__init__()
         self.url = url  # as asked; `final_url` once redirects are followed
         self._client = _Client(settings)
         self._settings = settings
-        self._pos = 0
         self._block_start, self._block = 0, b""
         self._next_block = MIN_BLOCK
         self._spool: Any = None  # a temporary file holding the whole body, when ranges cannot be used
@@ -414,27 +412,10 @@ class HttpReader(io.RawIOBase):
             response.release_conn()
         self._block = b""
 
-    # io.RawIOBase
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_END:
-            if self.size is None:
-                self._spool_now()
-            offset += self.size
-        elif whence == io.SEEK_CUR:
-            offset += self._pos
-        if offset < 0:
-            raise OSError(f"negative seek position {offset}")
-        self._pos = offset
-        return self._pos
+    def _end(self) -> int:
+        if self.size is None:
+            self._spool_now()
+        return self.size
 
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")
