@@ -56,7 +56,7 @@ def web(tmp_path_factory):
     root = tmp_path_factory.mktemp("web")
     # moov at the end (PyAV's MP4 muxer): the reader must seek to the end, then back.
     write_video(str(root / "a.mp4"), 40, fps=10, width=64, height=48)
-    write_video(str(root / "b.mp4"), 30, fps=10, width=48, height=64)
+    write_video(str(root / "b.mp4"), 40, fps=10, width=48, height=64)
     server = VideoServer(str(root))
     yield server
     server.stop()
@@ -84,8 +84,9 @@ def runs(web, standin_dir, tmp_path_factory):
                        [["a", os.path.join(web.root, "a.mp4")], ["b", os.path.join(web.root, "b.mp4")]])
     common = ["--model", standin_dir, *FAST, *QUICK]
     assert extract.main(["--input", local, "--output_prefix", str(tmp / "disk"), *common]) == 0
+    # --split_sec 2: the 4 s videos are split after a header read over HTTP, and joined again.
     web_args = ["--input", web.url("webvid.csv"), "--uri_column", "contentUrl", "--id_column", "videoid",
-                "--output_prefix", str(tmp / "web"), *common]
+                "--output_prefix", str(tmp / "web"), "--split_sec", "2", *common]
     assert extract.main(web_args) == 0
     return {"disk": str(tmp / "disk"), "web": str(tmp / "web"), "urls": urls, "args": web_args}
 
@@ -111,6 +112,18 @@ def test_a_url_manifest_gives_the_rows_of_the_same_videos_from_disk(runs):
     assert per_video == {name: disk_clips["b" if name == "plain" else "a"] for name in expected_ok}
     summary = read_summary(runs["web"])
     assert summary["counts"]["videos_ok"] == len(expected_ok)
+    assert summary["counts"]["videos_split"] == len(expected_ok)  # every header was read over HTTP
+
+
+def test_an_input_that_cannot_be_read_fails_the_launch_in_one_line(web, standin_dir, tmp_path, capsys):
+    common = ["--output_prefix", str(tmp_path / "out"), "--model", standin_dir, *QUICK]
+    assert extract.main(["--input", web.url("*.mp4"), *common]) == 2
+    assert "a web server has no listing" in capsys.readouterr().err
+    assert extract.main(["--input", web.url("m.csv", Trouble(status=403)), *common]) == 2
+    assert "HTTP 403" in capsys.readouterr().err
+    assert extract.main(["--input", web.url("no-such.csv"), *common]) == 2
+    assert "matches no files" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out")  # nothing written
 
 
 def test_each_permanent_or_exhausted_error_is_a_failure_of_its_type(runs, web):

@@ -104,21 +104,33 @@ def check_input(spec: str, column: str = "uri") -> None:
     Raises:
         ValueError: naming --input and what is wrong.
     """
-    matches = FileSystems.match([spec], limits=[1])[0].metadata_list  # one is enough: the listing stops there
-    if not matches:
-        raise ValueError(f"--input {spec!r} matches no files")
-    kind = input_kind(spec)
-    if kind == "csv":
-        header = csv_header(matches[0].path)
-        if column not in header:
-            raise ValueError(f"--input {spec!r}: CSV file {matches[0].path} has no {column!r} column (columns: {header})")
-    elif kind == "parquet":
-        import pyarrow.parquet as pq
+    try:
+        matches = FileSystems.match([spec], limits=[1])[0].metadata_list  # one is enough: the listing stops there
+        if not matches:
+            raise ValueError(f"--input {spec!r} matches no files")
+        kind = input_kind(spec)
+        if kind == "csv":
+            names = csv_header(matches[0].path)
+        elif kind == "parquet":
+            import pyarrow.parquet as pq
 
-        with open_object(matches[0].path) as f:
-            names = pq.read_schema(f).names
-        if column not in names:
-            raise ValueError(f"--input {spec!r}: Parquet file {matches[0].path} has no {column!r} column (columns: {names})")
+            with open_object(matches[0].path) as f:
+                names = pq.read_schema(f).names
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - BeamIOError, each store's and the web's own: said in one line
+        raise ValueError(f"--input {spec!r} cannot be read: {_reason(e)}") from e
+    if kind in ("csv", "parquet") and column not in names:
+        raise ValueError(f"--input {spec!r}: {kind.upper() if kind == 'csv' else 'Parquet'} file {matches[0].path} "
+                         f"has no {column!r} column (columns: {names})")
+
+
+def _reason(error: BaseException) -> str:
+    """An error in one line: a BeamIOError's wrapped errors rather than its dict of them."""
+    details = getattr(error, "exception_details", None)
+    if isinstance(details, dict) and details:
+        return "; ".join(f"{type(e).__name__}: {e}" for e in details.values())
+    return f"{type(error).__name__}: {error}"
 
 
 def count_inputs(spec: str) -> int:
