@@ -68,6 +68,7 @@ setup(
             "s3d-check-run=pipeline.check_run:main",
             "s3d-frames=pipeline.frames:main",
             "s3d-index=pipeline.index:main",
+            "s3d-evaluate=pipeline.evaluate:main",
         ],
     },
 )
