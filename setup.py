@@ -24,6 +24,8 @@ INSTALL_REQUIRES = [
     "pillow==12.3.0",
     # The approximate index (pipeline.index): chosen by measurement, BENCHMARKS.md. One abi3 wheel for 3.11-3.13.
     "faiss-cpu==1.15.1",
+    # Captions (captions/): WebVTT and SRT, chosen against pysubs2 and srt on real files' quirks (captions/parse.py).
+    "webvtt-py==0.6.0",
 ]
 
 EXTRAS_REQUIRE = {
@@ -52,7 +54,7 @@ setup(
         "Programming Language :: Python :: 3.12",
         "Programming Language :: Python :: 3.13",
     ],
-    packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "decoder", "decoder.*", "s3d", "s3d.*",
+    packages=find_packages(include=["captions", "captions.*", "pipeline", "pipeline.*", "transforms", "transforms.*", "decoder", "decoder.*", "s3d", "s3d.*",
                                     "synthetic", "synthetic.*", "vector_index", "vector_index.*",
                                     "storage", "storage.*"]),
     package_data={"s3d": ["standin_vocab.txt", "state_dict_layout.json"]},
