@@ -249,11 +249,11 @@ class S3DNetwork(tf.Module):
 def signatures(network: S3DNetwork) -> dict[str, tf.types.experimental.ConcreteFunction]:
     """The hub module's two signatures, `video(images)` and `text(words)`, and no `default`."""
 
-    @tf.function(input_signature=[VIDEO_INPUT_SPEC])
+    @tf.function(input_signature=[VIDEO_INPUT_SPEC], autograph=False)
     def video(images: tf.Tensor) -> dict[str, tf.Tensor]:
         return network.embed_video(images)
 
-    @tf.function(input_signature=[TEXT_INPUT_SPEC])
+    @tf.function(input_signature=[TEXT_INPUT_SPEC], autograph=False)
     def text(words: tf.Tensor) -> dict[str, tf.Tensor]:
         return network.embed_text(words)
 
@@ -282,11 +282,11 @@ def reusable(network: S3DNetwork) -> _Reusable:
     root = _Reusable()
     root.network = network
 
-    @tf.function
+    @tf.function(autograph=False)
     def video(images, training=False):
         return network.embed_video(images, training=training)
 
-    @tf.function
+    @tf.function(autograph=False)
     def text(words, training=False):
         del training  # no BatchNorm or dropout in the text tower
         return network.embed_text(words)
@@ -304,6 +304,6 @@ def reusable(network: S3DNetwork) -> _Reusable:
     root.text.trainable_variables = list(root.text.variables)
     root.text.regularization_losses = []
     root.video_head_fn = tf.function(
-        network.video_head, input_signature=[tf.TensorSpec([None, 1024], tf.float32, name="mixed_5c")]
+        network.video_head, input_signature=[tf.TensorSpec([None, 1024], tf.float32, name="mixed_5c")], autograph=False
     )
     return root
