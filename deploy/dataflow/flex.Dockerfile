@@ -19,6 +19,7 @@ COPY s3d ./s3d
 COPY synthetic ./synthetic
 COPY vector_index ./vector_index
 COPY storage ./storage
+COPY captions ./captions
 
 # The launcher runs this file with the template's parameters as flags.
 ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/template/pipeline/extract.py
