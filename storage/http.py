@@ -106,7 +106,9 @@ class HttpSettings:
             cached = _SETTINGS_OF.get(id(options))
             if cached is not None and cached[0] is options:
                 return cached[1]
-            values = options.get_all_options(drop_default=False)
+            # retain_unknown_options: a worker process may not have imported the module that defines the
+            # job's flags (pipeline.options); its values then come as strings, converted below.
+            values = options.get_all_options(drop_default=False, retain_unknown_options=True)
         else:
             values = options
         defaults = HttpSettings()

@@ -270,3 +270,25 @@ def test_the_frames_tool_reads_a_url(web, tmp_path):
     assert frames.main([web.url("a.mp4", Trouble(redirects=1)), "--output", remote, "--size", "64"]) == 0
     np.testing.assert_array_equal(np.load(remote), np.load(local))
     assert np.load(local).shape[0] > 0
+
+
+def test_a_worker_that_never_imported_the_jobs_options_reads_the_http_flags():
+    """Beam's workers rebuild the job's options from flags (or Dataflow's dictionary of them), and a
+    worker need not import pipeline.options, where the flags are defined; the filesystem reads them anyway."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json\n"
+        "from apache_beam.options.pipeline_options import PipelineOptions\n"
+        "from storage.http import HttpSettings\n"
+        "assert 'pipeline.options' not in sys.modules\n"
+        "flags = PipelineOptions(['--http_max_per_host', '2', '--io_retries', '5', '--http_user_agent', 'lab/1 (x)'])\n"
+        "as_dict = PipelineOptions.from_dictionary({'http_max_per_host': 3, 'http_timeout_sec': 7.5})\n"
+        "print(json.dumps([vars(HttpSettings.from_options(o)) for o in (flags, as_dict)]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.join(os.path.dirname(__file__), ".."))
+    flags, as_dict = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (flags["max_per_host"], flags["retries"], flags["user_agent"]) == (2, 5, "lab/1 (x)")
+    assert (as_dict["max_per_host"], as_dict["timeout_sec"], as_dict["retries"]) == (3, 7.5, 3)
