@@ -24,7 +24,8 @@ FILE_SECONDS = {
     "test_convert.py": 55, "test_gcs_flows.py": 53, "test_incremental.py": 52, "test_tf1_format.py": 45,
     "test_reusable.py": 40, "test_extract.py": 39, "test_index.py": 37, "test_console.py": 32,
     "test_search.py": 31, "test_transforms.py": 28, "test_dataflow.py": 21, "test_progress.py": 15,
-    "test_split.py": 13, "test_decoder_process.py": 13, "test_devices.py": 11,
+    "test_split.py": 13, "test_decoder_process.py": 13, "test_devices.py": 11, "test_http.py": 30,
+    "test_evaluate.py": 20,
 }
 
 
