@@ -347,11 +347,8 @@ class _Decoding:
         info.native_fps = float(rate) if rate else None
         tb = stream.time_base
         t0 = float(stream.start_time * tb) if stream.start_time is not None else None
-        info.duration_sec = declared = self._declared_duration(stream)
+        info.duration_sec = declared = declared_duration(self.container, stream)
         return _Stream(stream, tb, t0, declared)
-
-    def _declared_duration(self, stream: Any) -> float | None:
-        return declared_duration(self.container, stream)
 
     def _check_pixels(self, width: int, height: int) -> None:
         if width * height > self.opts.max_pixels:

@@ -165,9 +165,9 @@ def test_a_failed_seek_decodes_everything(videos):
 def test_a_container_declaring_more_than_it_holds_falls_back_to_decoding_everything(videos):
     """The windows are planned on the declared length; the last moves to the real end, onto samples that
     were left out, and the reader decodes the video again in full (each clip given once)."""
-    declared = reader_module._Decoding._declared_duration
+    declared = reader_module.declared_duration
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(reader_module._Decoding, "_declared_duration", lambda self, stream: 2 * declared(self, stream))
+        mp.setattr(reader_module, "declared_duration", lambda container, stream: 2 * declared(container, stream))
         everything, less = assert_same(both(videos["long"], frames_per_clip=16, num_clips=4))
     assert less > everything  # a sparse pass, then a full one
 
