@@ -13,7 +13,6 @@ another model or preprocessing is refused. Query it with `pipeline.search --inde
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import os
@@ -26,9 +25,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from pipeline.console import configure_logging
-from pipeline.runner import BEAM_EPILOG, check_worker_packaging, create_pipeline, runs_locally
+from pipeline.options import IOOptions
+from pipeline.runner import check_worker_packaging, dry_run, parse_job_args, run_graph
 from s3d.architecture import EMBEDDING_DIM
-from s3d.quiet import add_log_level_arguments
 from storage.layout import LEVEL_TABLE, summary_path
 from storage.objects import open_object
 from storage.paths import is_local
@@ -177,17 +176,10 @@ def delete_shards(index_dir: str, names: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    argv = [a for a in argv if not (a.startswith("--") and a.endswith("=") and a.count("=") == 1)]
-    parser = argparse.ArgumentParser(prog="python -m pipeline.index", description=__doc__.splitlines()[0],
-                                     epilog=BEAM_EPILOG)
-    IndexOptions._add_argparse_args(parser)
-    add_log_level_arguments(parser.add_argument_group("console"))
-    parser.parse_known_args(argv)  # --help and type errors
-    options = PipelineOptions(argv)
-    FileSystems.set_options(options)  # Beam's filesystem flags (--s3_endpoint_url, ...) for the launcher's reads
+    options = parse_job_args(sys.argv[1:] if argv is None else argv, "python -m pipeline.index",
+                             __doc__.splitlines()[0], None, [(IndexOptions, None)])
     opts = options.view_as(IndexOptions)
-    configure_logging(parser.parse_known_args(argv)[0].log_level)
+    configure_logging(options.view_as(IOOptions).log_level)
     watch = time.monotonic()
     build_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"  # unique per build
     try:
@@ -202,16 +194,17 @@ def main(argv: list[str] | None = None) -> int:
     if not todo.specs:
         print(f"nothing to add: the index at {opts.output} already holds every run given", file=sys.stderr)
         return 0
-    p = create_pipeline(options)
-    _ = p | "BuildIndex" >> BuildIndex(opts.output, todo.specs, todo.base, todo.runs)
-    if options.view_as(TestOptions).dry_run and runs_locally(options):
+    def build(p, _progress):
+        return p | "BuildIndex" >> BuildIndex(opts.output, todo.specs, todo.base, todo.runs)
+
+    if options.view_as(TestOptions).dry_run:
+        dry_run(options, build, {})
         print("dry run: the job was built and not run; nothing was written", file=sys.stderr)
         return 0
-    result = p.run()
-    if not runs_locally(options) and not getattr(result, "has_job", True):
+    result, _ = run_graph(options, build, lease=None)
+    if result is None:
         print(f"submitted; the job writes {manifest_path(opts.output)} when every shard is built", file=sys.stderr)
         return 0
-    result.wait_until_finish()
     manifest = read_manifest(opts.output)
     delete_shards(opts.output, todo.replaced)
     added = {run["features"] for run in todo.runs}

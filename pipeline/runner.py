@@ -27,6 +27,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from pipeline.options import IOOptions, ModelOptions, runs_locally
 from pipeline.progress import ProgressDisplay
+from s3d.quiet import add_log_level_arguments
 from storage.layout import (
     CHUNKS_DIR,
     PLAN_NAME,
@@ -177,15 +178,22 @@ def parse_job_args(
     argv: list[str],
     prog: str,
     description: str,
-    io_help: tuple[str, str],
+    io_help: tuple[str, str] | None,
     option_classes: list[tuple[type[PipelineOptions], str | None]],
 ) -> PipelineOptions:
-    """Parses with a help text of this job's own options (Beam's are accepted and passed on)."""
+    """Parses with a help text of this job's own options (Beam's are accepted and passed on).
+
+    `io_help`: the help of --input and --output_prefix; None for a job without them (the index),
+    whose help then has only the console's flags of IOOptions.
+    """
     # `--option=` with nothing after it is the same as leaving the option out: schedulers and
     # templates (Airflow, Flex Templates) pass every parameter, empty ones included.
     argv = [a for a in argv if not (a.startswith("--") and a.endswith("=") and a.count("=") == 1)]
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=BEAM_EPILOG)
-    IOOptions._add_argparse_args(parser, *io_help)
+    if io_help is not None:
+        IOOptions._add_argparse_args(parser, *io_help)
+    else:
+        add_log_level_arguments(parser.add_argument_group("console"))
     for cls, group in option_classes:
         cls._add_argparse_args(parser.add_argument_group(group) if group else parser)
     parser.parse_known_args(argv)  # --help and type errors
@@ -290,10 +298,17 @@ def launch(
 
 def dry_run(options: PipelineOptions, build: Callable[[beam.Pipeline, ProgressLog], Any],
             metadata: dict[str, Any]) -> dict[str, Any]:
-    """Builds the job (on Dataflow: the job request, not sent); touches no output."""
+    """Builds the job (on Dataflow: the job request, not sent); touches no output.
+
+    Beam's local runner does not honour TestOptions.dry_run (it would run the job), so locally the
+    graph is built and translated, and not run.
+    """
     p = create_pipeline(options)
     build(p, ProgressLog())
-    p.run()
+    if runs_locally(options):
+        p.to_runner_api()
+    else:
+        p.run()
     return {**metadata, "status": "dry_run"}
 
 

@@ -299,3 +299,12 @@ def test_failure_reasons_read_without_arrows_dataset_layer(run, monkeypatch):
     reasons = {(r["stage"], r["error_type"]): r["count"] for r in failure_reasons(run)}
     assert reasons[("open", "OpenError")] == 3 and reasons[("decode", "CorruptStreamError")] == 1
     assert sum(reasons.values()) == 9
+
+
+def test_a_local_dry_run_builds_the_job_and_writes_nothing(standin_dir, tmp_path, capsys):
+    """Beam's local runner ignores --dry_run (it would run the job): the launcher must not run it."""
+    video = write_video(str(tmp_path / "v.mp4"), 20, fps=10)
+    prefix = tmp_path / "out"
+    assert extract.main(["--input", video, "--output_prefix", str(prefix), "--model", standin_dir, *FAST,
+                         "--dry_run", "true"]) == 0
+    assert "dry run" in capsys.readouterr().err and not prefix.exists()
