@@ -107,7 +107,8 @@ class DecodeOptions:
         }
 
 
-def _fps(value: str) -> float | None:
+def fps_flag(value: str) -> float | None:
+    """--fps's value: a number, or 'native' (None)."""
     if value.lower() == "native":
         return None
     try:
@@ -116,11 +117,14 @@ def _fps(value: str) -> float | None:
         raise argparse.ArgumentTypeError(f"--fps takes a number or 'native', got {value!r}") from e
 
 
+fps_flag.template_regex = r"^([0-9]+(\.[0-9]+)?|native)$"  # what a Flex Template parameter accepts (make_metadata)
+
+
 def add_decode_arguments(parser: argparse.ArgumentParser) -> Any:
     """The decoding flags, the same for the extraction job and `pipeline.frames`; returns the last group."""
     d = DecodeOptions()
     group = parser.add_argument_group("sampling and windowing")
-    group.add_argument("--fps", type=_fps, default=d.fps,
+    group.add_argument("--fps", type=fps_flag, default=d.fps,
                        help=f"frames sampled per second, or 'native' (default: {d.fps:g})")
     group.add_argument("--frames_per_clip", type=int, default=d.frames_per_clip,
                        help=f"frames in a clip (default: {d.frames_per_clip}; must be even)")

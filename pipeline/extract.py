@@ -122,15 +122,20 @@ def build_pipeline(
     return tables
 
 
+# The job's command line: prog, description, --input/--output_prefix help, option classes (also
+# what deploy/dataflow/make_metadata.py turns into the Flex Template's parameters).
+JOB_ARGS = (
+    "python -m pipeline.extract",
+    "Extract S3D MIL-NCE features (mixed_5c 1024-d, video_embedding 512-d) from videos "
+    "into Parquet tables: clips, videos, failures.",
+    (EXTRACT_INPUT_HELP, EXTRACT_OUTPUT_HELP),
+    [(ExtractOptions, None), (ModelOptions, "model")],
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    options = parse_job_args(
-        argv, "python -m pipeline.extract",
-        "Extract S3D MIL-NCE features (mixed_5c 1024-d, video_embedding 512-d) from videos "
-        "into Parquet tables: clips, videos, failures.",
-        (EXTRACT_INPUT_HELP, EXTRACT_OUTPUT_HELP),
-        [(ExtractOptions, None), (ModelOptions, "model")],
-    )
+    options = parse_job_args(argv, *JOB_ARGS)
     configure_logging(options.view_as(IOOptions).log_level)  # before TensorFlow loads
     FileSystems.set_options(options)  # what the launcher reads (the input, a plan) reads as the job does: http(s) flags
     io, opts, model = options.view_as(IOOptions), options.view_as(ExtractOptions), options.view_as(ModelOptions)

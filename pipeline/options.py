@@ -37,7 +37,7 @@ def runs_locally(options: PipelineOptions) -> bool:
 # against a header read and one keyframe interval decoded twice per part (BENCHMARKS.md, "Splitting").
 DEFAULT_SPLIT_SEC = 600.0
 
-def _boolean(value: str) -> bool:
+def boolean_flag(value: str) -> bool:
     """`--flag`, `--flag=true` or `--flag=false` (Flex Templates pass every parameter with a value)."""
     lowered = str(value).lower()
     if lowered in ("true", "1", "yes"):
@@ -45,6 +45,9 @@ def _boolean(value: str) -> bool:
     if lowered in ("false", "0", "no"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+boolean_flag.template_regex = r"^(true|false)$"  # what a Flex Template parameter accepts (make_metadata)
 
 
 
@@ -74,7 +77,7 @@ class ModelOptions(PipelineOptions):
                             help="largest batch sent to the model (default: 4; on CPU larger batches gain nothing "
                             "and cost memory, on GPU raise it)")
         parser.add_argument("--min_batch_size", type=int, default=1, help="smallest batch (default: 1)")
-        parser.add_argument("--large_model", type=_boolean, nargs="?", const=True, default=False,
+        parser.add_argument("--large_model", type=boolean_flag, nargs="?", const=True, default=False,
                             help="load one model per machine and share it across worker processes (GPU workers)")
         parser.add_argument("--model_copies", type=int, default=None,
                             help="exact number of shared model copies per machine, e.g. one per GPU "
@@ -244,7 +247,7 @@ class IOOptions(PipelineOptions):
         group = parser.add_argument_group("input and output")
         group.add_argument("--input", help=input_help or "what the job reads (see the job's --help)")
         group.add_argument("--output_prefix", help=output_help or "where the job writes its tables and run summary")
-        group.add_argument("--wait", type=_boolean, nargs="?", const=True, default=True,
+        group.add_argument("--wait", type=boolean_flag, nargs="?", const=True, default=True,
                            help="wait for the job to finish, then add its metrics to the run summary and print "
                            "it (default: true); --wait=false submits and returns, as a Flex Template launch "
                            "should (the job still writes its run summary when its tables are final); local "
@@ -348,7 +351,7 @@ class ExtractOptions(PipelineOptions):
                            "last line; a chunk's name (00003) runs that chunk unless complete, under its own lease "
                            "(chunks may run side by side); 'aggregate' writes the run's summary once every chunk "
                            "is complete. Default: all, every step in this launch")
-        group.add_argument("--overwrite", type=_boolean, nargs="?", const=True, default=False,
+        group.add_argument("--overwrite", type=boolean_flag, nargs="?", const=True, default=False,
                            help="with --chunk_videos: start over, deleting a run in chunks under the prefix even "
                            "when made with other parameters (without it, such a run makes the launch refuse)")
 

@@ -189,6 +189,17 @@ def parse_job_args(
     # `--option=` with nothing after it is the same as leaving the option out: schedulers and
     # templates (Airflow, Flex Templates) pass every parameter, empty ones included.
     argv = [a for a in argv if not (a.startswith("--") and a.endswith("=") and a.count("=") == 1)]
+    job_parser(prog, description, io_help, option_classes).parse_known_args(argv)  # --help and type errors
+    options = PipelineOptions(argv)
+    # The launcher reads and writes the stores before any pipeline exists (input checks, clearing a
+    # prefix, the summary): Beam's filesystems take their settings (--s3_endpoint_url, ...) from here.
+    FileSystems.set_options(options)
+    return options
+
+
+def job_parser(prog: str, description: str, io_help: tuple[str, str] | None,
+               option_classes: list[tuple[type[PipelineOptions], str | None]]) -> argparse.ArgumentParser:
+    """The help and type checks of a job's own options (parse_job_args; the Flex Template's metadata)."""
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=BEAM_EPILOG)
     if io_help is not None:
         IOOptions._add_argparse_args(parser, *io_help)
@@ -196,12 +207,7 @@ def parse_job_args(
         add_log_level_arguments(parser.add_argument_group("console"))
     for cls, group in option_classes:
         cls._add_argparse_args(parser.add_argument_group(group) if group else parser)
-    parser.parse_known_args(argv)  # --help and type errors
-    options = PipelineOptions(argv)
-    # The launcher reads and writes the stores before any pipeline exists (input checks, clearing a
-    # prefix, the summary): Beam's filesystems take their settings (--s3_endpoint_url, ...) from here.
-    FileSystems.set_options(options)
-    return options
+    return parser
 
 
 def check_worker_packaging(options: PipelineOptions) -> None:

@@ -17,17 +17,14 @@ REQUIRED = {"output_prefix"}
 NUMBER = r"^[0-9]+(\.[0-9]+)?$"
 INTEGER = r"^[0-9]+$"
 PATH = r"^[^[:space:]]+$"  # POSIX ERE, as Flex Templates read regexes: no \S
-BOOLEAN = r"^(true|false)$"
 
 
 def extract_parser() -> argparse.ArgumentParser:
-    from pipeline.options import EXTRACT_INPUT_HELP, EXTRACT_OUTPUT_HELP, ExtractOptions, IOOptions, ModelOptions
+    """The parser `python -m pipeline.extract` parses with, from the same place."""
+    from pipeline.extract import JOB_ARGS
+    from pipeline.runner import job_parser
 
-    parser = argparse.ArgumentParser(add_help=False)
-    IOOptions._add_argparse_args(parser, EXTRACT_INPUT_HELP, EXTRACT_OUTPUT_HELP)
-    ExtractOptions._add_argparse_args(parser)
-    ModelOptions._add_argparse_args(parser)
-    return parser
+    return job_parser(*JOB_ARGS)
 
 
 def regex_for(action: argparse.Action) -> str:
@@ -37,17 +34,13 @@ def regex_for(action: argparse.Action) -> str:
         return INTEGER
     if action.type is float:
         return NUMBER
-    if getattr(action.type, "__name__", "") == "_fps":
-        return r"^([0-9]+(\.[0-9]+)?|native)$"
-    if getattr(action.type, "__name__", "") == "_boolean":
-        return BOOLEAN
-    return PATH
+    return getattr(action.type, "template_regex", PATH)  # a flag type of the project's says what it accepts
 
 
 def metadata() -> dict:
     parameters, seen = [], set()
     for action in extract_parser()._actions:
-        if not action.option_strings or action.dest in seen:  # -v is a shorthand of --log_level
+        if not action.option_strings or action.dest in seen or action.dest == "help":  # -v: --log_level
             continue
         seen.add(action.dest)
         name = action.dest
