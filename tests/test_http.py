@@ -219,6 +219,16 @@ def test_a_compressed_manifest_and_a_manifest_of_urls_read_as_files_do(web):
     assert list(read_input_rows(web.url("cols.csv"), Columns(uri="contentUrl", video_id="videoid"))) == rows
 
 
+def test_a_signed_manifest_url_is_a_manifest(web):
+    from transforms.inputs import input_kind
+
+    assert input_kind(web.url("webvid.csv") + "?X-Goog-Signature=ab12&X-Goog-Expires=600") == "csv"
+    assert input_kind("https://h/videos/a.mp4?sig=1.csv") == "glob"  # the query is not the name
+    _write_csv(os.path.join(web.root, "signed.csv"), ["videoid", "contentUrl"], [["x", web.url("a.mp4")]])
+    rows = list(read_input_rows(web.url("signed.csv") + "?token=x", Columns(uri="contentUrl", video_id="videoid")))
+    assert rows == [{"uri": web.url("a.mp4"), "video_id": "x"}]
+
+
 def test_errors_name_the_status_and_the_url_reached():
     with pytest.raises(ValueError, match="downloader"):
         check_uri("https://youtu.be/abc")

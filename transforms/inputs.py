@@ -91,9 +91,11 @@ def check_uri(uri: str) -> None:
 
 
 def input_kind(spec: str) -> str:
-    """'glob' for video files, else the manifest kind from the extension."""
+    """'glob' for video files, else the manifest kind from the extension (of a URL's path: a signed
+    URL's query comes after it)."""
+    path = urllib.parse.urlsplit(spec).path if spec.startswith(("http://", "https://")) else spec
     for suffix, kind in MANIFEST_KINDS.items():
-        if spec.lower().endswith(suffix):
+        if path.lower().endswith(suffix):
             return kind
     return "glob"
 
