@@ -84,6 +84,12 @@ class DecodeOptions:
     def clip_stride(self) -> int:
         return self.stride if self.stride is not None else self.frames_per_clip
 
+    @property
+    def splittable(self) -> bool:
+        """Whether a video can be decoded in parts: clips every --stride at a set --fps. --num_clips
+        windows depend on the whole length, and native-rate samples are not known before decoding."""
+        return self.fps is not None and self.num_clips is None
+
     @classmethod
     def from_flags(cls, flags: Any) -> DecodeOptions:
         """From the parsed flags of `add_decode_arguments` (an argparse namespace or a job's options)."""

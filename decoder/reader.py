@@ -245,7 +245,7 @@ class ClipReader:
 
 
 def _check_part(options: DecodeOptions, first: int, end: int | None, first_clip: int) -> None:
-    if options.fps is None or options.num_clips is not None:
+    if not options.splittable:
         raise ValueError("a part of a video needs a sampling rate (--fps) and clips every --stride, not --num_clips")
     if first < 0 or first_clip < 0:
         raise ValueError(f"a part starts at a sample and a clip >= 0, got {first} and {first_clip}")

@@ -70,10 +70,9 @@ def plan_parts(options: DecodeOptions, split_sec: float, extent: Extent, start_s
                end_sec: float | None = None) -> list[Part]:
     """The parts of a video longer than `split_sec`, cut at clip starts; [] to decode it whole.
 
-    Only clips every --stride at a set --fps split: --num_clips windows depend on the whole
-    length, and native-rate samples are not known before decoding.
+    Only videos the options can split split (DecodeOptions.splittable).
     """
-    if split_sec <= 0 or options.fps is None or options.num_clips is not None or extent.duration_sec is None:
+    if split_sec <= 0 or not options.splittable or extent.duration_sec is None:
         return []
     start = start_sec or 0.0
     end = extent.duration_sec if end_sec is None else min(end_sec, extent.duration_sec)

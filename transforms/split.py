@@ -83,7 +83,7 @@ class SplitLongVideos(beam.PTransform):
         self._split_sec = split_sec
 
     def expand(self, requests):
-        if self._split_sec == 0 or self._options.fps is None or self._options.num_clips is not None:
+        if self._split_sec == 0 or not self._options.splittable:
             return requests
         return requests | "Split" >> beam.ParDo(SplitLongVideosFn(self._options, self._split_sec))
 
