@@ -87,6 +87,11 @@ class TimestampSampler:
         """The time of target index k (fps must be set)."""
         return self.seg_start + k / self.fps
 
+    @staticmethod
+    def index_at(t: float, seg_start: float, fps: float) -> int:
+        """The index of the first target time at or after `t` (within EPS), targets k/fps from `seg_start`."""
+        return math.ceil((t - seg_start) * fps - EPS)
+
     def times(self, t: float, upto: float) -> Iterator[float]:
         """The sample times a frame shown from `t` until `upto` fills."""
         if self.fps is None:
@@ -100,7 +105,7 @@ class TimestampSampler:
                 return
             if target < t - EPS and self.sampled == 0:
                 # The stream (or segment) starts after this target: begin at the first frame.
-                self._k = math.ceil((t - self.seg_start) * self.fps - EPS)
+                self._k = self.index_at(t, self.seg_start, self.fps)
                 continue
             if self.first_k is None:
                 self.first_k = self._k

@@ -12,7 +12,7 @@ import math
 
 from decoder.options import DecodeOptions
 from decoder.reader import LOOKAHEAD, Opener, declared_duration, open_container
-from decoder.sampling import EPS
+from decoder.sampling import EPS, TimestampSampler
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,7 @@ def plan_parts(options: DecodeOptions, split_sec: float, extent: Extent, start_s
         return []
     fps, stride = options.fps, options.clip_stride
     late = extent.first_frame_sec - start
-    first_target = math.ceil(late * fps - EPS) if late > EPS else 0
+    first_target = TimestampSampler.index_at(extent.first_frame_sec, start, fps) if late > EPS else 0
     clips = math.ceil(((end - start) * fps - first_target) / stride)
     per_part = max(1, math.ceil(split_sec * fps / stride))
     count = math.ceil(clips / per_part)
