@@ -178,7 +178,10 @@ class _Child:
         """A copy of the clip in `slot`; the slot is free again after it."""
         count = int(np.prod(shape))
         frames = np.frombuffer(self.buffer, np.uint8, count, slot * self.slot_bytes).reshape(shape).copy()
-        self.send(("free", slot))
+        try:
+            self.send(("free", slot))
+        except OSError:  # the child died after filling the slot (EPIPE): the clip is whole, copied above,
+            pass  # and the next event tells how the child ended
         return frames
 
     def death(self) -> tuple[str, int | None]:
@@ -384,7 +387,8 @@ class IsolatedReader:
             while True:
                 kind, *rest = child.next_event(deadline - time.monotonic(), "stopping")
                 if kind == "clip":
-                    child.send(("free", rest[0]))
+                    with contextlib.suppress(OSError):  # a child that died meanwhile: its death comes next
+                        child.send(("free", rest[0]))
                 elif kind in ("done", "error", "cancelled"):
                     return
         except (TimeoutError, _Died):

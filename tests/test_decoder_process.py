@@ -135,6 +135,28 @@ def test_a_crash_costs_its_video_and_the_next_video_gets_a_new_process(videos, d
     assert decoder.starts == 2 and decoder.pid != first_pid
 
 
+def test_a_crash_right_after_a_clip_keeps_the_clip_and_is_a_crash(videos, decoder, monkeypatch):
+    """The child can die before the parent frees the slot of the clip it just sent: the parent's write
+    then fails with EPIPE. That must not lose the clip or turn the crash into a BrokenPipeError (seen
+    on a 2-core machine). Here the parent waits for the child's death before freeing, every time."""
+    from decoder import process
+
+    real = process._Child.frames
+
+    def after_the_death(self, slot, shape):
+        self.proc.wait()
+        return real(self, slot, shape)
+
+    monkeypatch.setenv(FAULT_ENV, "segv:bad.mp4")
+    monkeypatch.setattr(process._Child, "frames", after_the_death)
+    got = []
+    with pytest.raises(DecoderCrashError) as raised:
+        for clip in decoder.reader(videos["bad"], OPTIONS):
+            got.append(clip)
+    assert len(got) == 1 and raised.value.clips_emitted == 1 and raised.value.signal == signal.SIGSEGV
+    _same_clips(list(ClipReader(videos["bad"], OPTIONS))[:1], got)
+
+
 def test_a_crash_before_the_stream_is_probed_is_in_the_open_stage(videos, decoder, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, "segv@open:bad.mp4")
     with pytest.raises(DecoderCrashError) as raised:
