@@ -48,128 +48,148 @@ class _State:
         self.max_active = 0
 
 
-def _handler(root: str, troubles: dict[str, Trouble], state: _State):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+_HTML_PAGE = b"<!DOCTYPE html><html><body>Access denied: link expired</body></html>"
 
-        def log_message(self, *args):  # quiet
+
+class _Handler(BaseHTTPRequestHandler):
+    """One request; `root`, `troubles` and `state` are set on a subclass per server (VideoServer)."""
+
+    protocol_version = "HTTP/1.1"
+    root: str
+    troubles: dict[str, Trouble]
+    state: _State
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def do_HEAD(self):  # noqa: N802 - http.server's naming
+        self._serve(head=True)
+
+    def do_GET(self):  # noqa: N802
+        self._serve(head=False)
+
+    def _serve(self, head: bool) -> None:
+        state = self.state
+        with state.lock:
+            state.active += 1
+            state.max_active = max(state.max_active, state.active)
+            state.user_agents.add(self.headers.get("User-Agent", ""))
+        try:
+            self._answer(head)
+        except (BrokenPipeError, ConnectionResetError):
             pass
-
-        def do_HEAD(self):  # noqa: N802 - http.server's naming
-            self._serve(head=True)
-
-        def do_GET(self):  # noqa: N802
-            self._serve(head=False)
-
-        def _serve(self, head: bool) -> None:
+        finally:
             with state.lock:
-                state.active += 1
-                state.max_active = max(state.max_active, state.active)
-                state.user_agents.add(self.headers.get("User-Agent", ""))
-            try:
-                self._answer(head)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-            finally:
-                with state.lock:
-                    state.active -= 1
+                state.active -= 1
 
-        def _answer(self, head: bool) -> None:
-            token, name, hop = "", self.path.lstrip("/").split("?")[0], 0
-            match = re.fullmatch(r"t/([0-9a-f]+)/(\d+)/(.+)", name)
-            if match:
-                token, hop, name = match.group(1), int(match.group(2)), match.group(3)
-            trouble = troubles.get(token, Trouble())
-            with state.lock:
-                seen = state.requests[token] = state.requests.get(token, 0) + 1
-                state.times.setdefault(token, []).append(time.monotonic())
-                if self.headers.get("Range"):
-                    state.ranges.append(self.headers["Range"])
-            if trouble.delay_sec:
-                time.sleep(trouble.delay_sec)
-            if hop < trouble.redirects:
-                self.send_response(302)
-                self.send_header("Location", f"/t/{token}/{hop + 1}/{name}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            if trouble.status or seen <= trouble.fail_first:
-                status = trouble.status or trouble.fail_status
-                body = f"error {status}".encode()
-                self.send_response(status)
-                if trouble.retry_after is not None:
-                    self.send_header("Retry-After", trouble.retry_after)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if not head:
-                    self.wfile.write(body)
-                return
-            if head and trouble.no_head:
-                self.send_response(405)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            if trouble.html:
-                data, content_type = b"<!DOCTYPE html><html><body>Access denied: link expired</body></html>", "text/html"
-            else:
-                path = os.path.join(root, name)
-                if not os.path.isfile(path):
-                    self.send_error(404)
-                    return
-                with open(path, "rb") as f:
-                    data = f.read()
-                content_type = "video/mp4" if name.endswith(".mp4") else "application/octet-stream"
-            start, end, status = 0, len(data) - 1, 200
-            wanted = self.headers.get("Range")
-            if wanted and not (trouble.ignore_range or trouble.no_length):
-                m = re.fullmatch(r"bytes=(\d*)-(\d*)", wanted.strip())
-                if m and m.group(1):
-                    start = int(m.group(1))
-                    end = min(int(m.group(2)), len(data) - 1) if m.group(2) else len(data) - 1
-                elif m and m.group(2):
-                    start = max(0, len(data) - int(m.group(2)))
-                if start >= len(data):
-                    self.send_response(416)
-                    self.send_header("Content-Range", f"bytes */{len(data)}")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                status = 206
-            body = data[start:end + 1]
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Last-Modified", "Wed, 02 Dec 2026 10:00:00 GMT")
-            if not trouble.ignore_range and not trouble.no_length:
-                self.send_header("Accept-Ranges", "bytes")
-            if status == 206:
-                self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-            if trouble.no_length:
-                self.send_header("Connection", "close")
-                self.close_connection = True
-            else:
-                self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if head:
-                return
-            if seen <= trouble.slow_first:
-                self.wfile.flush()
-                time.sleep(trouble.slow_sec)
-            if seen <= trouble.reset_first:
-                self.wfile.write(body[:trouble.reset_after])
-                self.wfile.flush()
-                # SO_LINGER with a zero timeout: close() sends RST, a reset connection mid-body.
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                self.connection.close()
-                self.close_connection = True
-                return
-            if seen <= trouble.short_first:
-                self.wfile.write(body[: len(body) // 2])
-                self.wfile.flush()
-                self.close_connection = True
-                return
+    def _count(self, token: str) -> int:
+        """This request's number among its URL's (1 for the first)."""
+        with self.state.lock:
+            seen = self.state.requests[token] = self.state.requests.get(token, 0) + 1
+            self.state.times.setdefault(token, []).append(time.monotonic())
+            if self.headers.get("Range"):
+                self.state.ranges.append(self.headers["Range"])
+        return seen
+
+    def _answer(self, head: bool) -> None:
+        token, name, hop = "", self.path.lstrip("/").split("?")[0], 0
+        match = re.fullmatch(r"t/([0-9a-f]+)/(\d+)/(.+)", name)
+        if match:
+            token, hop, name = match.group(1), int(match.group(2)), match.group(3)
+        trouble = self.troubles.get(token, Trouble())
+        seen = self._count(token)
+        if trouble.delay_sec:
+            time.sleep(trouble.delay_sec)
+        if hop < trouble.redirects:
+            self._empty(302, Location=f"/t/{token}/{hop + 1}/{name}")
+        elif trouble.status or seen <= trouble.fail_first:
+            self._error(trouble.status or trouble.fail_status, trouble.retry_after, head)
+        elif head and trouble.no_head:
+            self._empty(405)
+        else:
+            self._file(name, trouble, seen, head)
+
+    def _empty(self, status: int, **headers: str) -> None:
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key.replace("_", "-"), value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _error(self, status: int, retry_after: str | None, head: bool) -> None:
+        body = f"error {status}".encode()
+        self.send_response(status)
+        if retry_after is not None:
+            self.send_header("Retry-After", retry_after)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not head:
             self.wfile.write(body)
 
-    return Handler
+    def _range(self, size: int, trouble: Trouble) -> tuple[int, int, int] | None:
+        """(start, end, status) of the bytes to send; None when the range starts past the end."""
+        wanted = self.headers.get("Range")
+        if not wanted or trouble.ignore_range or trouble.no_length:
+            return 0, size - 1, 200
+        start, end = 0, size - 1
+        m = re.fullmatch(r"bytes=(\d*)-(\d*)", wanted.strip())
+        if m and m.group(1):
+            start = int(m.group(1))
+            end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+        elif m and m.group(2):
+            start = max(0, size - int(m.group(2)))
+        return None if start >= size else (start, end, 206)
+
+    def _file(self, name: str, trouble: Trouble, seen: int, head: bool) -> None:
+        if trouble.html:
+            data, content_type = _HTML_PAGE, "text/html"
+        else:
+            path = os.path.join(self.root, name)
+            if not os.path.isfile(path):
+                self.send_error(404)
+                return
+            with open(path, "rb") as f:
+                data = f.read()
+            content_type = "video/mp4" if name.endswith(".mp4") else "application/octet-stream"
+        span = self._range(len(data), trouble)
+        if span is None:
+            self._empty(416, Content_Range=f"bytes */{len(data)}")
+            return
+        start, end, status = span
+        body = data[start:end + 1]
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Last-Modified", "Wed, 02 Dec 2026 10:00:00 GMT")
+        if not trouble.ignore_range and not trouble.no_length:
+            self.send_header("Accept-Ranges", "bytes")
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        if trouble.no_length:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not head:
+            self._body(body, trouble, seen)
+
+    def _body(self, body: bytes, trouble: Trouble, seen: int) -> None:
+        if seen <= trouble.slow_first:
+            self.wfile.flush()
+            time.sleep(trouble.slow_sec)
+        if seen <= trouble.reset_first:
+            self.wfile.write(body[:trouble.reset_after])
+            self.wfile.flush()
+            # SO_LINGER with a zero timeout: close() sends RST, a reset connection mid-body.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+        elif seen <= trouble.short_first:
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+        else:
+            self.wfile.write(body)
 
 
 class VideoServer:
@@ -179,7 +199,8 @@ class VideoServer:
         self.root = root
         self.troubles: dict[str, Trouble] = {}
         self.state = _State()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(root, self.troubles, self.state))
+        handler = type("Handler", (_Handler,), {"root": root, "troubles": self.troubles, "state": self.state})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self.base = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="test-http-server")
