@@ -13,19 +13,10 @@ import os
 from typing import Any
 
 from captions.parse import Caption, CaptionsError, caption_kind, parse_captions
+from storage.objects import object_exists, read_object
 from storage.paths import is_local, local_path
 
 SIDECAR_SUFFIXES = (".vtt", ".srt")  # then .<lang>.vtt, English first
-
-
-def _read_bytes(uri: str) -> bytes:
-    if is_local(uri):
-        with open(local_path(uri), "rb") as f:
-            return f.read()
-    from storage.objects import open_object
-
-    with open_object(uri) as f:
-        return f.read()
 
 
 def read_captions_file(uri: str) -> list[Caption]:
@@ -35,7 +26,7 @@ def read_captions_file(uri: str) -> list[Caption]:
         CaptionsError: not a captions file, or not readable as one.
         OSError: the file cannot be read (FileNotFoundError when it is not there).
     """
-    return parse_captions(_read_bytes(uri), caption_kind(uri))
+    return parse_captions(read_object(uri), caption_kind(uri))
 
 
 def _base(video_uri: str) -> str:
@@ -58,10 +49,8 @@ def find_sidecar(video_uri: str) -> str | None:
     else:
         from apache_beam.io.filesystems import FileSystems
 
-        import storage.objects  # noqa: F401 - registers http(s)
-
         for suffix in SIDECAR_SUFFIXES:
-            if FileSystems.exists(base + suffix):
+            if object_exists(base + suffix):
                 return base + suffix
         if video_uri.startswith(("http://", "https://")):
             return None  # no listing on the web: only the fixed names
@@ -81,7 +70,7 @@ def read_captions_table(path: str) -> dict[str, list[Caption]]:
     Raises:
         CaptionsError: a column missing or a row unusable, naming it.
     """
-    data = _read_bytes(path)
+    data = read_object(path)
     lower = path.lower()
     if lower.endswith(".parquet"):
         import pyarrow.parquet as pq

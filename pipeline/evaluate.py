@@ -124,10 +124,9 @@ def read_pairs(path: str, video_root: str | None) -> tuple[str, list[Pair]]:
     Raises:
         ValueError: a format none of these, or a row without what it needs.
     """
-    from storage.objects import open_object
+    from storage.objects import read_object
 
-    with open_object(path) as f:
-        text = io.TextIOWrapper(f, encoding="utf-8-sig").read()
+    text = read_object(path).decode("utf-8-sig")
     if path.lower().endswith((".jsonl", ".json")):
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     else:
@@ -166,12 +165,10 @@ def read_pairs(path: str, video_root: str | None) -> tuple[str, list[Pair]]:
 def _locate(pair: Pair) -> str:
     if pair.uri is not None:
         return pair.uri
-    from apache_beam.io.filesystems import FileSystems
-
-    import storage.objects  # noqa: F401 - registers http(s)
+    from storage.objects import object_exists
 
     for place in pair.candidates:
-        if os.path.exists(place) if is_local(place) else FileSystems.exists(place):
+        if object_exists(place):
             return place
     raise FileNotFoundError(f"video {pair.video_id!r} is in none of: {', '.join(pair.candidates)}")
 

@@ -230,8 +230,7 @@ class _Client:
             except _Retry as retry:
                 if attempt >= self.settings.retries:
                     raise HttpTransientError(f"{retry.reason} (after {attempt + 1} attempts)") from retry.__cause__
-                delay = retry.wait if retry.wait is not None else \
-                    self.settings.backoff_sec * 2 ** attempt * random.uniform(0.5, 1.5)
+                delay = retry.wait if retry.wait is not None else _backoff(self.settings, attempt)
                 if delay > MAX_RETRY_AFTER_SEC:
                     raise HttpTransientError(f"{retry.reason}: the server asks to wait {delay:.0f} s, longer than "
                                              f"{MAX_RETRY_AFTER_SEC:.0f} s") from retry.__cause__
@@ -272,6 +271,11 @@ class _Client:
                 raise _Retry(f"HTTP {status} {response.reason or ''} from {current}".replace("  ", " "), wait)
             raise _status_error(status, response.reason or "", current, url)
         raise HttpStatusError(f"more than {MAX_REDIRECTS} redirects from {url} (the last to {current})")
+
+
+def _backoff(settings: HttpSettings, attempt: int) -> float:
+    """Seconds before retry `attempt` + 1: exponential, with jitter so that workers do not retry in step."""
+    return settings.backoff_sec * 2 ** attempt * random.uniform(0.5, 1.5)
 
 
 class _Retry(Exception):  # noqa: N818 - control flow inside _Client
@@ -378,7 +382,7 @@ class HttpReader(SeekableReader):
                 if attempt == self._settings.retries:
                     raise HttpTransientError(f"reading {self.final_url} whole: {type(e).__name__}: {e}") from e
                 log.warning("reading %s whole: %s; starting again", self.final_url, e)
-                time.sleep(self._settings.backoff_sec * 2 ** attempt * random.uniform(0.5, 1.5))
+                time.sleep(_backoff(self._settings, attempt))
                 response, _ = self._client.request("GET", self.final_url, stream=True, accept=(200,))
                 head = b""
             except BaseException:
@@ -403,7 +407,7 @@ class HttpReader(SeekableReader):
                 return data
             if attempt == self._settings.retries:
                 raise HttpTransientError(f"{self.final_url} sent {len(data)} bytes for a range of {expected}")
-            time.sleep(self._settings.backoff_sec * 2 ** attempt * random.uniform(0.5, 1.5))
+            time.sleep(_backoff(self._settings, attempt))
         raise AssertionError("unreachable")
 
     def _spool_now(self) -> None:
@@ -573,7 +577,7 @@ class HttpFileSystem(FileSystem):
 
     def checksum(self, path: str) -> str:
         response, _ = self._client.request("HEAD", path, accept=(200,))
-        return response.headers.get("ETag") or str(self.size(path))
+        return response.headers.get("ETag") or response.headers.get("Content-Length") or str(self.size(path))
 
     def metadata(self, path: str) -> FileMetadata:
         return self._metadata(path)

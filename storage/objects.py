@@ -76,6 +76,20 @@ def open_object(uri: str) -> IO[bytes]:
         raise translate(e, uri) from e
 
 
+def read_object(uri: str) -> bytes:
+    """The whole bytes of a small object or local file (a captions file, a pairs file)."""
+    if is_local(uri):
+        with open(local_path(uri), "rb") as f:
+            return f.read()
+    with open_object(uri) as f:
+        return f.read()
+
+
+def object_exists(uri: str) -> bool:
+    """Whether a local file or an object (http(s) included: a HEAD) is there."""
+    return os.path.isfile(local_path(uri)) if is_local(uri) else FileSystems.exists(uri)
+
+
 class _SharedBoto3Session:
     """Stands in for `boto3.session.Session` inside Beam's S3 client: one session per process.
 

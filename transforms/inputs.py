@@ -63,9 +63,8 @@ _VIDEO_PAGES = ("youtube.com", "youtu.be", "youtube-nocookie.com", "vimeo.com", 
 
 @functools.lru_cache(maxsize=1)
 def readable_schemes() -> frozenset[str]:
-    """The URI schemes a Beam filesystem here reads (gs needs the gcp extra, s3 the aws one)."""
-    import storage.objects  # noqa: F401 - registers http and https
-
+    """The URI schemes a Beam filesystem here reads (gs needs the gcp extra, s3 the aws one; http and
+    https are registered by storage.objects, imported above)."""
     return frozenset(fs.scheme() for fs in FileSystem.get_all_subclasses() if fs.scheme())
 
 
