@@ -42,11 +42,13 @@ def newcomer_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in NEWCOMER_ENV_DROPS}
 
 
-def export_once(tmp_path_factory, name: str, seed: int) -> str:
+def export_once(tmp_path_factory, name: str, seed: int, command: list[str] | None = None) -> str:
     """The stand-in of `seed`, exported once per test run and shared by pytest-xdist's workers.
 
     The workers' temp directories share a parent; the first worker to take the lock exports
     (about 15 s of a core), the others wait and reuse the files. No test writes into it.
+    With `command`, the export is made by `python -m s3d.export` itself (in this process) with those
+    arguments beside --output and --seed, so the command's own test checks a model that other files use.
     """
     import fcntl
     import shutil
@@ -63,7 +65,12 @@ def export_once(tmp_path_factory, name: str, seed: int) -> str:
         if not path.exists():
             partial = path.with_name(f"{name}.partial")
             shutil.rmtree(partial, ignore_errors=True)  # left by a worker killed mid-export
-            export_standin(str(partial), seed=seed)
+            if command is None:
+                export_standin(str(partial), seed=seed)
+            else:
+                from s3d.export import main
+
+                assert main(["--output", str(partial), "--seed", str(seed), *command]) == 0
             os.rename(partial, path)  # whole or absent: a worker killed mid-export leaves no half model
     return str(path)
 
@@ -82,8 +89,22 @@ def standin_model(standin_dir):
 
 @pytest.fixture(scope="session")
 def other_standin_dir(tmp_path_factory) -> str:
-    """A second stand-in (seed 1): a model whose features must not be mixed with the first's."""
-    return export_once(tmp_path_factory, "other", seed=1)
+    """A second stand-in: a model whose features must not be mixed with the first's.
+
+    Exported by the command with a two-word vocabulary (tests/test_model.py checks what the command wrote).
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    words = root / "other_words.txt"
+    if not words.exists():  # every worker writes the same two words: a race between them is harmless
+        partial = root / f"other_words.{os.getpid()}"
+        partial.write_text(OTHER_VOCABULARY, encoding="utf-8")
+        os.replace(partial, words)
+    return export_once(tmp_path_factory, "other", seed=OTHER_SEED, command=["--vocab", str(words)])
+
+
+OTHER_SEED, OTHER_VOCABULARY = 5, "knife\nfork\n"
 
 
 # ---- object stores on 127.0.0.1 (tests/object_stores.py) ------------------------------------------

@@ -99,9 +99,33 @@ def test_inspect_prints_signatures_provenance_and_parameters(reference, capsys):
     assert counts["text"]["non_trainable_variables"] == 0
 
 
-def test_a_converted_checkpoint_is_fine_tunable(reference):
-    from test_reusable import fine_tune_one_step
+def fine_tune_one_step(path: str) -> dict:
+    """One SGD step through hub.KerasLayer(trainable=True): gradients and the output before and after
+    (a custom training loop; tests/test_reusable.py trains the stand-in through examples/fine_tune.py's fit)."""
+    import tf_keras
 
+    from s3d.quiet import import_tensorflow, import_tensorflow_hub
+
+    tf, hub = import_tensorflow(), import_tensorflow_hub()
+
+    layer = hub.KerasLayer(path, trainable=True, output_key="video_embedding")
+    inputs = tf_keras.Input(shape=(None, None, None, 3))
+    model = tf_keras.Model(inputs, tf_keras.layers.Dense(2)(layer(inputs)))
+    images = tf.constant(np.random.default_rng(1).uniform(0, 1, (2, 8, 32, 32, 3)).astype(np.float32))
+    labels = tf.constant([0, 1])
+    before = layer(images, training=False).numpy()
+    loss_fn = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    with tf.GradientTape() as tape:
+        loss = loss_fn(labels, model(images, training=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    tf_keras.optimizers.SGD(0.1).apply_gradients(zip(grads, model.trainable_variables, strict=True))
+    after = layer(images, training=False).numpy()
+    conv_grads = [g for g, v in zip(grads, model.trainable_variables, strict=True) if "conv" in v.name and "weight" in v.name]
+    return {"before": before, "after": after, "conv_grads": conv_grads, "trainable": layer.trainable_weights,
+            "non_trainable": layer.non_trainable_weights}
+
+
+def test_a_converted_checkpoint_is_fine_tunable(reference):
     result = fine_tune_one_step(reference["output"])
     assert result["conv_grads"] and all(float(np.abs(g.numpy()).max()) > 0 for g in result["conv_grads"])
     assert not np.allclose(result["before"], result["after"])

@@ -296,18 +296,17 @@ def test_vocabulary_files(tmp_path):
         load_vocabulary(str(tmp_path / "nope.npy"))
 
 
-def test_export_command_with_a_vocab_file(tmp_path):
+def test_export_command_with_a_vocab_file(other_standin_dir):
+    """The second stand-in of the suite is the command's own export (conftest: --vocab of 2 words, --seed 5)."""
+    from conftest import OTHER_SEED
     from s3d.export import main
 
-    vocab = tmp_path / "words.txt"
-    vocab.write_text("knife\nfork\n", encoding="utf-8")
-    assert main(["--output", str(tmp_path / "m"), "--vocab", str(vocab), "--seed", "5"]) == 0
-    model = load_s3d(str(tmp_path / "m"))
-    assert model.provenance["vocab_size"] == 2 and model.provenance["seed"] == 5
+    model = load_s3d(other_standin_dir)
+    assert model.provenance["vocab_size"] == 2 and model.provenance["seed"] == OTHER_SEED
     emb = model.embed_text(["a knife", "a fork", "a spoon"])
     assert not np.allclose(emb[0], emb[1]) and not np.allclose(emb[0], emb[2])
     with pytest.raises(SystemExit):  # refuses to overwrite without --force
-        main(["--output", str(tmp_path / "m")])
+        main(["--output", other_standin_dir])
 
 
 # ---- the loader's errors ------------------------------------------------------------------------

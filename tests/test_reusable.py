@@ -46,35 +46,6 @@ def test_inference_mode_equals_the_video_signature_and_training_mode_differs(loa
                                loaded.signatures["text"](words=words)["text_embedding"].numpy(), rtol=1e-6)
 
 
-def fine_tune_one_step(path: str) -> dict:
-    """One SGD step through hub.KerasLayer(trainable=True): gradients and the output before and after."""
-    import tf_keras
-
-    layer = hub.KerasLayer(path, trainable=True, output_key="video_embedding")
-    inputs = tf_keras.Input(shape=(None, None, None, 3))
-    model = tf_keras.Model(inputs, tf_keras.layers.Dense(2)(layer(inputs)))
-    images = tf.constant(_clips(seed=1))
-    labels = tf.constant([0, 1])
-    before = layer(images, training=False).numpy()
-    loss_fn = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    with tf.GradientTape() as tape:
-        loss = loss_fn(labels, model(images, training=True))
-    grads = tape.gradient(loss, model.trainable_variables)
-    tf_keras.optimizers.SGD(0.1).apply_gradients(zip(grads, model.trainable_variables, strict=True))
-    after = layer(images, training=False).numpy()
-    conv_grads = [g for g, v in zip(grads, model.trainable_variables, strict=True) if "conv" in v.name and "weight" in v.name]
-    return {"before": before, "after": after, "conv_grads": conv_grads, "trainable": layer.trainable_weights,
-            "non_trainable": layer.non_trainable_weights}
-
-
-def test_one_optimizer_step_through_keras_layer_trains_the_convolutions(standin_dir):
-    result = fine_tune_one_step(standin_dir)
-    assert result["conv_grads"] and all(g is not None for g in result["conv_grads"])
-    assert all(float(tf.reduce_max(tf.abs(g))) > 0 for g in result["conv_grads"])
-    assert not np.allclose(result["before"], result["after"])
-    assert result["non_trainable"] and all("running_" in w.name for w in result["non_trainable"])
-
-
 def _stripes(seed: int):
     def frame(i: int, w: int, h: int) -> np.ndarray:
         x = np.arange(w)[None, :, None]
@@ -114,14 +85,25 @@ def test_the_linear_probe_example_separates_two_scene_kinds(standin_dir, tmp_pat
         assert result["test_rows"] >= 4 and result["accuracy"] >= 0.9, (level, result)
 
 
-def test_the_fine_tune_example_trains_the_encoder(standin_dir):
+def test_the_fine_tune_example_trains_every_convolution_of_the_encoder(standin_dir):
+    """examples/fine_tune.py's classifier through Keras's fit: the gradients reach every convolution of the
+    hub.KerasLayer, and BatchNorm's running statistics are the layer's only non-trainable weights.
+
+    Plain SGD moves a weight only by its gradient, so a convolution whose weights changed had a gradient
+    that was there and not zero (one fit serves both checks: tracing a training step costs ~10 s).
+    """
     from examples.fine_tune import build
 
-    clips = np.random.default_rng(0).uniform(0, 1, (4, 8, 32, 32, 3)).astype(np.float32)
-    classifier = build(standin_dir, classes=2, seed=0)
+    clips = _clips(batch=4, seed=0)
+    classifier = build(standin_dir, classes=2, seed=0, learning_rate=0.1)
     encoder = classifier.layers[1]
-    conv1 = next(w for w in encoder.trainable_weights if "conv1/weight" in w.name)
-    before = conv1.numpy().copy()
+    convolutions = [w for w in encoder.trainable_weights if "conv" in w.name and "weight" in w.name]
+    before = {w.name: w.numpy().copy() for w in convolutions}
+    output_before = encoder(clips, training=False).numpy()
     history = classifier.fit(clips, np.array([0, 1, 0, 1]), batch_size=4, epochs=2, shuffle=False, verbose=0)
     assert all(np.isfinite(history.history["loss"]))
-    assert not np.array_equal(conv1.numpy(), before)  # the encoder itself was trained, not only the head
+    assert len(convolutions) > 50 and any("conv1/weight" in name for name in before)
+    unchanged = [w.name for w in convolutions if np.array_equal(w.numpy(), before[w.name])]
+    assert not unchanged, unchanged  # the encoder itself was trained, every layer of it, not only the head
+    assert not np.allclose(encoder(clips, training=False).numpy(), output_before)
+    assert encoder.non_trainable_weights and all("running_" in w.name for w in encoder.non_trainable_weights)
