@@ -25,6 +25,14 @@ def tf1_module(tmp_path_factory):
     return write_tf1_hub_module(str(tmp_path_factory.mktemp("tf1") / "module"), params, words)
 
 
+@pytest.fixture(scope="module")
+def tf1_model(tf1_module):
+    """The TF1 module as the job loads it: once a process (so the job's test below finds it loaded)."""
+    from transforms.inference import load_once
+
+    return load_once(tf1_module, "float32")
+
+
 def test_the_module_has_the_tf1_hub_layout(tf1_module):
     from tensorflow.core.protobuf import saved_model_pb2
 
@@ -40,10 +48,8 @@ def test_the_module_has_the_tf1_hub_layout(tf1_module):
         assert set(meta.signature_def["text"].inputs) == {"words"}
 
 
-def test_load_s3d_uses_the_inference_variant_and_matches_the_tf2_export(tf1_module, standin_model):
-    from s3d.loader import load_s3d
-
-    model = load_s3d(tf1_module)
+def test_load_s3d_uses_the_inference_variant_and_matches_the_tf2_export(tf1_model, standin_model):
+    model = tf1_model
     assert model.provenance["kind"] == "external"
     clip = natural_clips(2, seed=3, frames=16, size=64)
     mixed, emb = model.embed_video(clip)
@@ -55,16 +61,16 @@ def test_load_s3d_uses_the_inference_variant_and_matches_the_tf2_export(tf1_modu
     assert model.known_words(sentences) == [None, None]  # the vocabulary is inside the graph only
 
 
-def test_no_known_words_on_a_module_without_a_vocabulary_file(tf1_module):
+def test_no_known_words_on_a_module_without_a_vocabulary_file(tf1_model):
     """The hub module keeps its vocabulary in the graph: "no known word" is decided from the embedding.
 
     The sentence's embedding is compared with the empty sentence's, computed in another batch, so
     the two differ in the last bits: the decision must not rest on bit equality.
     """
-    from s3d.loader import PADDING_RTOL, is_padding_only, load_s3d
+    from s3d.loader import PADDING_RTOL, is_padding_only
     from s3d.vocab import standin_vocabulary
 
-    model = load_s3d(tf1_module)
+    model = tf1_model
     words = standin_vocabulary()
     unknown = ["qwerty zxcv", "", "!!!", "zzz " * 20]
     sentences = [*unknown, *words, "cut the tomato"]
