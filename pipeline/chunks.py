@@ -24,7 +24,7 @@ from typing import Any
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
-from pipeline.options import IOOptions, runs_locally
+from pipeline.options import IOOptions, lease_settle_sec, runs_locally
 from pipeline.runner import Stopwatch, clear_previous_run, finish_summary, run_graph
 from storage.layout import (
     CHUNK_INPUT_NAME,
@@ -325,7 +325,7 @@ class ChunkedLaunch:
         """Takes the chunk's lease and starts its graph in a new attempt's directory (locally: runs it to
         the end); `hand_over`: a submitted Dataflow job holds the chunk's lease from then on."""
         name = entry["name"]
-        lease = acquire(chunk_prefix(self.output_prefix, name), self.job_state)
+        lease = acquire(chunk_prefix(self.output_prefix, name), self.job_state, lease_settle_sec(self.options))
         prefix = attempt_prefix(self.output_prefix, name, new_attempt())  # no earlier attempt's file is there
         try:
             google = self.options.view_as(GoogleCloudOptions)

@@ -26,6 +26,7 @@ from pipeline.options import (
     ExtractOptions,
     IOOptions,
     ModelOptions,
+    lease_settle_sec,
     plan_metadata,
     runs_locally,
 )
@@ -243,7 +244,7 @@ def _run_in_chunks(options, io: IOOptions, opts: ExtractOptions, model: ModelOpt
             return {**metadata, "status": "submitted"}, summary_path(attempts)
         print(f"chunk {step}: {summary['counts']} -> {summary_path(summary['output_prefix'])}")
         return None
-    lease = acquire(io.output_prefix, job_state)
+    lease = acquire(io.output_prefix, job_state, lease_settle_sec(options))
     try:
         if step == "plan":
             names = [entry["name"] for entry in launch_.plan(chunking, opts.overwrite)["chunks"]]

@@ -20,6 +20,7 @@ from s3d.loader import DEFAULT_HANDLE
 from s3d.precision import DEFAULT_PRECISION, PRECISIONS, Machine, PrecisionPlan, plan_precision
 from s3d.quiet import add_log_level_arguments
 from storage.http import HttpSettings, default_user_agent
+from storage.lease import SETTLE_SEC
 from transforms.inference import S3DModelHandler
 from transforms.inputs import Columns
 from transforms.progress import ProgressLog
@@ -238,6 +239,22 @@ TEXT_OUTPUT_HELP = (
 )
 
 
+def add_lease_argument(group) -> None:
+    group.add_argument(
+        "--lease_settle_sec", type=float, default=SETTLE_SEC,
+        help="on an object store, a launch writes the output prefix's lease (and each chunk's), waits this "
+        "long and reads it back: of two launches at once, the later write wins and the other refuses "
+        f"(default: {SETTLE_SEC:g}, enough for a distant store; a store on this host or network needs less, and "
+        "a run in chunks pays it once a chunk). Local disk needs no wait")
+
+
+def lease_settle_sec(options: PipelineOptions) -> float:
+    value = options.view_as(IOOptions).lease_settle_sec
+    if value is None or value < 0:
+        raise ValueError(f"--lease_settle_sec must be >= 0, got {value}")
+    return value
+
+
 class IOOptions(PipelineOptions):
     """--input, --output_prefix, --wait and --log_level, shared by the jobs (Beam needs each flag defined once
     per process)."""
@@ -252,6 +269,7 @@ class IOOptions(PipelineOptions):
                            "it (default: true); --wait=false submits and returns, as a Flex Template launch "
                            "should (the job still writes its run summary when its tables are final); local "
                            "runs always wait")
+        add_lease_argument(group)
         group = parser.add_argument_group("console")
         add_log_level_arguments(group)
 
@@ -260,6 +278,7 @@ class IOOptions(PipelineOptions):
             raise ValueError(f"--input is required: {what}")
         if not self.output_prefix:
             raise ValueError("--output_prefix is required: where the tables are written")
+        lease_settle_sec(self)
 
 
 class ExtractOptions(PipelineOptions):

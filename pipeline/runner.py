@@ -25,7 +25,7 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
-from pipeline.options import IOOptions, ModelOptions, runs_locally
+from pipeline.options import IOOptions, ModelOptions, add_lease_argument, lease_settle_sec, runs_locally
 from pipeline.progress import ProgressDisplay
 from s3d.quiet import add_log_level_arguments
 from storage.layout import (
@@ -204,6 +204,7 @@ def job_parser(prog: str, description: str, io_help: tuple[str, str] | None,
     if io_help is not None:
         IOOptions._add_argparse_args(parser, *io_help)
     else:
+        add_lease_argument(parser.add_argument_group("output"))
         add_log_level_arguments(parser.add_argument_group("console"))
     for cls, group in option_classes:
         cls._add_argparse_args(parser.add_argument_group(group) if group else parser)
@@ -288,7 +289,8 @@ def launch(
     if options.view_as(TestOptions).dry_run:
         return dry_run(options, build, metadata), ""
     # The prefix's lease first (never two live runs on one prefix), then the earlier run's files go.
-    lease = acquire(output_prefix, None if runs_locally(options) else dataflow_job_state(options))
+    lease = acquire(output_prefix, None if runs_locally(options) else dataflow_job_state(options),
+                    lease_settle_sec(options))
     try:
         clear_previous_run(output_prefix, tables)
         result, lease = run_graph(options, build, lease, show_progress, expected)

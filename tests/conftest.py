@@ -20,11 +20,11 @@ import s3d  # noqa: F401  (its defaults for TensorFlow, oneDNN on, before any te
 # the two workers end together rather than one waiting on a long file picked up last. A file not
 # listed runs after these; the numbers need only keep their rough order.
 FILE_SECONDS = {
-    "test_precision.py": 64, "test_chunks.py": 61, "test_model.py": 56, "test_s3_flows.py": 56,
-    "test_incremental.py": 55, "test_gcs_flows.py": 50, "test_tf1_format.py": 50, "test_extract.py": 40,
-    "test_convert.py": 34, "test_console.py": 31, "test_search.py": 28, "test_reusable.py": 27,
-    "test_transforms.py": 22, "test_dataflow.py": 20, "test_progress.py": 15, "test_http.py": 14,
-    "test_split.py": 11, "test_decoder_process.py": 10, "test_devices.py": 10,
+    "test_chunks.py": 67, "test_incremental.py": 54, "test_tf1_format.py": 42, "test_convert.py": 43,
+    "test_model.py": 38, "test_extract.py": 34, "test_console.py": 33, "test_gcs_flows.py": 31,
+    "test_s3_flows.py": 30, "test_reusable.py": 27, "test_search.py": 27, "test_transforms.py": 24,
+    "test_dataflow.py": 19, "test_progress.py": 15, "test_http.py": 15, "test_lease.py": 11,
+    "test_devices.py": 11, "test_split.py": 10, "test_decoder_process.py": 9,
 }
 # The first file exports the stand-in (about 13 s of a core); the second worker starts on a file that
 # needs no model (the index's tests, 37 s), instead of waiting for the export's lock.

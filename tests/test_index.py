@@ -376,7 +376,7 @@ def test_runs_and_index_on_an_object_store(runs, gcs_store, tmp_path, capsys):
 
     root = gcs_store.root("index")
     features, output = _upload_tree(gcs_store, runs["a"], f"{root}/a"), f"{root}/index"
-    assert build(features, output, "--shard_rows", "500") == 0
+    assert build(features, output, "--shard_rows", "500", *gcs_store.beam_args) == 0
     shards = [p for p in _store_files(output) if "/shards/" in p]
     assert len(shards) == 3 * 2  # uploaded through FileSystems
     manifest = read_manifest(output)

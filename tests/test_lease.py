@@ -104,6 +104,41 @@ def test_on_an_object_store_of_two_launches_at_once_one_takes_the_lease(gcs_stor
     assert acquire(prefix, settle_sec=0.1).holder["pid"] == os.getpid()
 
 
+def test_a_launch_on_a_store_waits_lease_settle_sec_and_a_negative_one_is_refused(gcs_store, standin_dir, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """--lease_settle_sec reaches the prefix's lease (the launcher) and each chunk's (the chunked launcher)."""
+    import sys
+    import time
+
+    from pipeline import embed_text
+    from storage import lease as lease_module
+
+    waits, sleep = [], time.sleep
+
+    def recorded(seconds):
+        if sys._getframe(1).f_code is lease_module.acquire.__code__:  # the lease's waits, not other sleeps
+            waits.append(seconds)
+        sleep(seconds)
+
+    monkeypatch.setattr(lease_module.time, "sleep", recorded)
+    sentences = tmp_path / "s.txt"
+    sentences.write_text("cut the tomato\n")
+    args = ["--input", str(sentences), "--model", standin_dir]
+    assert embed_text.main([*args, "--output_prefix", gcs_store.root("settle"), "--lease_settle_sec", "0.3"]) == 0
+    assert waits == [0.3]
+    video = write_video(str(tmp_path / "v.mp4"), 10, fps=10, width=64, height=48)
+    listing = tmp_path / "two.txt"
+    listing.write_text(f"{video}\n{tmp_path / 'missing.mp4'}\n")
+    waits.clear()
+    assert extract.main(["--input", str(listing), "--output_prefix", gcs_store.root("settle_chunks"),
+                         "--model", standin_dir, "--size", "64", "--frames_per_clip", "8", "--chunk_videos", "1",
+                         "--lease_settle_sec", "0.25"]) == 0
+    assert waits == [0.25] * 3  # the prefix's, then each of the two chunks'
+    capsys.readouterr()
+    assert embed_text.main([*args, "--output_prefix", str(tmp_path / "t"), "--lease_settle_sec", "-1"]) == 2
+    assert "--lease_settle_sec must be >= 0, got -1" in capsys.readouterr().err
+
+
 # ---- launch-time checks -------------------------------------------------------------------------
 
 

@@ -299,6 +299,7 @@ def test_vocabulary_files(tmp_path):
 def test_export_command_with_a_vocab_file(other_standin_dir):
     """The second stand-in of the suite is the command's own export (conftest: --vocab of 2 words, --seed 5)."""
     from conftest import OTHER_SEED
+
     from s3d.export import main
 
     model = load_s3d(other_standin_dir)
