@@ -43,11 +43,13 @@ from s3d.export import package_version
 from s3d.precision import PrecisionPlan
 from storage.layout import ATTEMPTS_DIR, any_layout_glob, chunk_prefix, summary_path, table_files
 from storage.lease import LeaseHeldError, acquire, release
+from storage.objects import object_exists
 from storage.runs import split_list
 from transforms.assemble import AssembleVideos
+from transforms.captions import CAPTION_TABLES, AlignCaptions
 from transforms.decode import DecodeClips
 from transforms.incremental import ReadFailuresAsInput, SkipDone, matching_table_files
-from transforms.inference import Embed
+from transforms.inference import Embed, S3DModelHandler
 from transforms.inputs import ReadVideoRequests, check_input, count_inputs
 from transforms.progress import CountToDo, ProgressLog
 from transforms.records import python_version
@@ -55,6 +57,7 @@ from transforms.split import SplitLongVideos
 from transforms.tables import WriteTables
 
 TABLES = ("clips", "videos", "failures")
+CAPTIONS_BATCH = 256  # sentences a batch of the text tower
 
 log = logging.getLogger("pipeline.extract")
 
@@ -118,9 +121,21 @@ def build_pipeline(
     failures = (inputs["failures"], decoded["failures"], assembled["failures"]) | "AllFailures" >> beam.Flatten()
     _ = failures | "ReportFailures" >> beam.Map(lambda row: progress.add("failed"))
     tables = {"clips": embedded["rows"], "videos": assembled["videos"], "failures": failures}
-    _ = tables | "WriteTables" >> WriteTables(
-        output_prefix, metadata, {"videos_ok": "videos", "videos_failed": "failures", "clips": "clips"})
+    counts = {"videos_ok": "videos", "videos_failed": "failures", "clips": "clips"}
+    if opts.captions:
+        # The text tower, float32 and with no accelerator hint: on GPU jobs it runs on the CPU workers.
+        text_handler = S3DModelHandler(model.model, "text", max_batch_size=CAPTIONS_BATCH)
+        narrated = {"requests": todo, "clip_rows": embedded["rows"], "videos": assembled["videos"]} | \
+            "Captions" >> AlignCaptions(opts.captions, text_handler, opts.align_window_sec)
+        tables.update(videos=narrated["videos"], captions=narrated["captions"], captions_failures=narrated["failures"])
+        counts.update(captions="captions", captions_failed="captions_failures")
+    _ = tables | "WriteTables" >> WriteTables(output_prefix, metadata, counts)
     return tables
+
+
+def tables_of(opts: ExtractOptions) -> tuple[str, ...]:
+    """The tables a run writes: with --captions, the captions tables too."""
+    return TABLES + CAPTION_TABLES if opts.captions else TABLES
 
 
 # The job's command line: prog, description, --input/--output_prefix help, option classes (also
@@ -157,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             summary, path = announced
         else:
             summary, path = launch(
-                options, io.output_prefix, TABLES,
+                options, io.output_prefix, tables_of(opts),
                 lambda p, progress: build_pipeline(p, io.input if not opts.retry_failures else None, io.output_prefix,
                                                    opts, model, decode, progress, plan),
                 metadata, extra, show_progress=True,
@@ -197,6 +212,8 @@ def _check_launch(options, io: IOOptions, opts: ExtractOptions, model: ModelOpti
     if opts.chunk_videos and not runs_locally(options) and not io.wait:
         raise ValueError("--chunk_videos runs one job per chunk from the launcher, which waits for each: "
                          "it cannot go with --wait=false")
+    if opts.captions not in (None, "column", "sidecar") and not object_exists(opts.captions):
+        raise ValueError(f"--captions {opts.captions!r}: no such captions table")
     check_worker_packaging(options)
     if not options.view_as(TestOptions).dry_run:  # a dry run touches no output and needs no model
         check_model_handle(model.model)  # before anything under the output prefix is touched
@@ -232,7 +249,7 @@ def _run_in_chunks(options, io: IOOptions, opts: ExtractOptions, model: ModelOpt
                         opts.columns())
     job_state = None if runs_locally(options) else dataflow_job_state(options)
     launch_ = ChunkedLaunch(
-        options, io.output_prefix, TABLES,
+        options, io.output_prefix, tables_of(opts),
         lambda p, progress, input_spec, prefix: build_pipeline(p, input_spec, prefix, opts, model, decode, progress,
                                                                plan, skip_done=[]),
         metadata, extra, parallel=opts.parallel_chunks, job_state=job_state)

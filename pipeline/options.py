@@ -281,6 +281,9 @@ class IOOptions(PipelineOptions):
         lease_settle_sec(self)
 
 
+DEFAULT_ALIGN_WINDOW_SEC = 5.0
+
+
 class ExtractOptions(PipelineOptions):
     """`python -m pipeline.extract`: videos -> clips, videos and failures tables."""
 
@@ -297,6 +300,22 @@ class ExtractOptions(PipelineOptions):
                            "0 = decode inline (default: 2)")
         cls._add_incremental_args(parser)
         cls._add_input_args(parser)
+        cls._add_captions_args(parser)
+
+    @staticmethod
+    def _add_captions_args(parser) -> None:
+        group = parser.add_argument_group(
+            "narration (docs/captions.md)",
+            "Captions embedded with the text tower and aligned with each video's clips: a captions table, and "
+            "captions, grounded_captions and grounded_fraction in videos.")
+        group.add_argument("--captions", default=None, metavar="column|sidecar|TABLE",
+                           help="where each video's captions are: 'column', the manifest's captions column (the "
+                           "URI of a .vtt, .srt or .json file); 'sidecar', a file beside the video with its base "
+                           "name (.vtt, .srt, or .<lang>.vtt, English first); or the path of a table (.parquet, "
+                           ".csv or .jsonl with video_id or uri, start_sec, end_sec, text). Default: none")
+        group.add_argument("--align_window_sec", type=float, default=DEFAULT_ALIGN_WINDOW_SEC,
+                           help="a caption's best clip is sought within this many seconds of its span (narration "
+                           f"is often a few seconds off what it describes; default: {DEFAULT_ALIGN_WINDOW_SEC:g})")
 
     @staticmethod
     def _add_input_args(parser) -> None:
@@ -391,6 +410,12 @@ class ExtractOptions(PipelineOptions):
             raise ValueError("--retry_stages and --retry_errors go with --retry_failures")
         if self.split_sec is None or not self.split_sec >= 0:
             raise ValueError(f"--split_sec must be >= 0 (0 turns splitting off), got {self.split_sec}")
+        if self.align_window_sec is None or not self.align_window_sec >= 0:
+            raise ValueError(f"--align_window_sec must be >= 0, got {self.align_window_sec}")
+        if self.captions and self.captions not in ("column", "sidecar") and \
+                not self.captions.lower().endswith((".parquet", ".csv", ".jsonl", ".json")):
+            raise ValueError(f"--captions is 'column', 'sidecar' or a .parquet, .csv or .jsonl table, got "
+                             f"{self.captions!r}")
         if self.decode_prefetch is None or self.decode_prefetch < 0:
             raise ValueError(f"--decode_prefetch must be >= 0, got {self.decode_prefetch}")
         if self.chunk_videos is None or self.chunk_videos < 0:

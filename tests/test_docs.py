@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from transforms.tables import CLIPS_SCHEMA, FAILURES_SCHEMA, VIDEOS_SCHEMA
+from transforms.tables import CAPTIONS_SCHEMA, CLIPS_SCHEMA, FAILURES_SCHEMA, VIDEOS_SCHEMA
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 PAGES = ["README.md", "BENCHMARKS.md", *(os.path.join("docs", n) for n in sorted(os.listdir(os.path.join(ROOT, "docs")))
@@ -34,7 +34,8 @@ def test_the_extraction_page_documents_every_option():
 
 def test_the_readme_lists_exactly_the_columns_of_each_table():
     readme = _read("README.md")
-    schemas = {"clips": CLIPS_SCHEMA, "videos": VIDEOS_SCHEMA, "failures": FAILURES_SCHEMA}
+    schemas = {"clips": CLIPS_SCHEMA, "videos": VIDEOS_SCHEMA, "failures": FAILURES_SCHEMA,
+               "captions": CAPTIONS_SCHEMA}
     for table, schema in schemas.items():
         row = re.search(rf"^\| `{table}` \| (.*) \|$", readme, re.M)
         assert row, f"README has no row for the {table} table"

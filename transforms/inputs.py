@@ -191,7 +191,9 @@ def to_request(row: dict[str, Any]) -> VideoRequest:
     start, end = _optional_float(row, "start_sec"), _optional_float(row, "end_sec")
     if start is not None and end is not None and end <= start:
         raise ValueError(f"end_sec must be > start_sec, got [{start}, {end})")
-    return VideoRequest(_given_id(row) or derive_video_id(uri, start, end), uri, start, end)
+    captions = row.get("captions")
+    captions = captions.strip() or None if isinstance(captions, str) else None
+    return VideoRequest(_given_id(row) or derive_video_id(uri, start, end), uri, start, end, captions=captions)
 
 
 def _given_id(row: dict[str, Any]) -> str | None:

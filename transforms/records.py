@@ -56,6 +56,7 @@ class VideoRequest(NamedTuple):
     first_target: int | None = None  # index k of the video's first sample time
     first_clip: int | None = None  # the part's first clip
     next_clip: int | None = None  # the next part's first clip (None: the last part)
+    captions: str | None = None  # the manifest's captions file for the video (--captions column)
 
 
 def stable_id(key: str) -> str:

@@ -56,6 +56,10 @@ VIDEOS_SCHEMA = pa.schema([
     ("num_clips", pa.int32()),
     ("mixed_5c", _embedding(MIXED_5C_DIM)),
     ("video_embedding", _embedding(EMBEDDING_DIM)),
+    # --captions (transforms.captions); null for a video without captions, or in a run without --captions
+    ("captions", pa.int32()),  # captions read for the video
+    ("grounded_captions", pa.int32()),  # captions whose best clip of the whole video is near when they are said
+    ("grounded_fraction", pa.float64()),  # grounded over captions with a verdict (null: none had one)
 ])
 
 FAILURES_SCHEMA = pa.schema([
@@ -78,6 +82,23 @@ TEXTS_SCHEMA = pa.schema([
     ("text_embedding", _embedding(EMBEDDING_DIM)),
 ])
 
+CAPTIONS_SCHEMA = pa.schema([
+    ("video_id", pa.string()),
+    ("uri", pa.string()),
+    ("caption_index", pa.int32()),  # in time order within the video
+    ("start_sec", pa.float64()),
+    ("end_sec", pa.float64()),
+    ("text", pa.string()),
+    ("known_words", pa.int32()),
+    ("no_known_words", pa.bool_()),
+    ("text_embedding", _embedding(EMBEDDING_DIM)),
+    ("overlap_score", pa.float32()),  # mean dot product with the clips overlapping the caption (null: none)
+    ("best_clip_index", pa.int32()),  # the best clip within --align_window_sec of the caption (null: none)
+    ("best_clip_score", pa.float32()),
+    ("best_clip_offset_sec", pa.float64()),  # that clip's centre minus the caption's
+    ("grounded", pa.bool_()),  # its best clip of the whole video is within the window (null: no verdict)
+])
+
 TEXT_FAILURES_SCHEMA = pa.schema([
     ("text_id", pa.string()),
     ("text", pa.string()),
@@ -89,6 +110,7 @@ TEXT_FAILURES_SCHEMA = pa.schema([
 SCHEMAS = {
     "clips": CLIPS_SCHEMA, "videos": VIDEOS_SCHEMA, "failures": FAILURES_SCHEMA,
     "texts": TEXTS_SCHEMA, "text_failures": TEXT_FAILURES_SCHEMA,
+    "captions": CAPTIONS_SCHEMA, "captions_failures": FAILURES_SCHEMA,
 }
 
 
