@@ -16,7 +16,6 @@ import pytest
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.gcp.gcsfilesystem import GCSFileSystem
 from floats import assert_features_close
-from machine import needs_native_bf16
 
 from pipeline import extract
 from storage.layout import read_summary, table_glob
@@ -79,27 +78,6 @@ def _file_precisions(prefix: str) -> set[tuple[str, str]]:
 
 def _embeddings(prefix: str) -> dict:
     return {(r["uri"], r["clip_index"]): np.array(r["video_embedding"]) for r in rows(prefix, "clips")}
-
-
-@needs_native_bf16
-def test_precision_is_recorded_and_skip_done_does_not_mix_precisions(videos, standin_dir, tmp_path):
-    m = manifest(tmp_path / "m.txt", videos[:2])
-    f32, bf16, bf16_again = (str(tmp_path / name) for name in ("f32", "bf16", "bf16_again"))
-    assert extract.main(["--input", m, "--output_prefix", f32, "--model", standin_dir, *FAST]) == 0
-    assert extract.main(["--input", m, "--output_prefix", bf16, "--model", standin_dir, *FAST,
-                         "--precision", "bfloat16", "--skip_done", f32]) == 0
-    summary = read_summary(bf16)
-    assert (summary["precision"], summary["precision_requested"]) == ("bfloat16", "bfloat16")
-    assert read_summary(f32)["precision"] == "float32"
-    assert summary["counters"]["videos_decoded"] == 2  # the float32 run's videos were not skipped
-    assert _file_precisions(bf16) == {("bfloat16", "bfloat16")}
-    clips32, clips16 = _embeddings(f32), _embeddings(bf16)
-    assert clips16.keys() == clips32.keys()
-    assert any(not np.array_equal(clips16[k], clips32[k]) for k in clips32)  # it really ran in bfloat16
-    # A later bfloat16 run skips what the bfloat16 run did.
-    assert extract.main(["--input", m, "--output_prefix", bf16_again, "--model", standin_dir, *FAST,
-                         "--precision", "bfloat16", "--skip_done", f"{f32},{bf16}"]) == 0
-    assert read_summary(bf16_again)["counts"]["videos_skipped_done"] == 2
 
 
 def test_bfloat16_asked_on_a_cpu_without_bfloat16_units_runs_float32(videos, standin_dir, tmp_path, monkeypatch,

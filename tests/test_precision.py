@@ -23,10 +23,11 @@ from s3d.precision import (
 
 @pytest.fixture(scope="module")
 def models(standin_dir):
-    from s3d.loader import load_s3d
+    """Loaded as a job loads them, once a process: the job below finds its bfloat16 rewrite done (~7 s)."""
+    from transforms.inference import load_once
 
     # float16 is loaded by the test of its CPU fallback (the warning is logged at load)
-    return {p: load_s3d(standin_dir, precision=p) for p in ("float32", "bfloat16")}
+    return {p: load_once(standin_dir, p) for p in ("float32", "bfloat16")}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,14 @@ def clips():
     chance (10/24), and the fixture costs half the suite's time of 48 (two precisions, about 1 s a clip).
     """
     return natural_clips(24)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    from synthetic.videos import write_video
+
+    d = tmp_path_factory.mktemp("precision_videos")
+    return [write_video(str(d / f"v{i}.mp4"), 20 + 5 * i, fps=10, width=64, height=48) for i in range(2)]
 
 
 @pytest.fixture(scope="module")
@@ -251,3 +260,30 @@ def test_the_package_turns_onednn_on_unless_the_user_set_it(setting, expected, n
             "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], onednn_enabled())")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == [setting or "1", expected]
+
+
+@needs_native_bf16
+def test_precision_is_recorded_and_skip_done_does_not_mix_precisions(videos, models, standin_dir, tmp_path):
+    """A run in bfloat16 (here in the process that loaded it for the tests above) is recorded as such."""
+    from test_incremental import FAST, _embeddings, _file_precisions, manifest
+
+    from pipeline import extract
+    from storage.layout import read_summary
+
+    m = manifest(tmp_path / "m.txt", videos[:2])
+    f32, bf16, bf16_again = (str(tmp_path / name) for name in ("f32", "bf16", "bf16_again"))
+    assert extract.main(["--input", m, "--output_prefix", f32, "--model", standin_dir, *FAST]) == 0
+    assert extract.main(["--input", m, "--output_prefix", bf16, "--model", standin_dir, *FAST,
+                         "--precision", "bfloat16", "--skip_done", f32]) == 0
+    summary = read_summary(bf16)
+    assert (summary["precision"], summary["precision_requested"]) == ("bfloat16", "bfloat16")
+    assert read_summary(f32)["precision"] == "float32"
+    assert summary["counters"]["videos_decoded"] == 2  # the float32 run's videos were not skipped
+    assert _file_precisions(bf16) == {("bfloat16", "bfloat16")}
+    clips32, clips16 = _embeddings(f32), _embeddings(bf16)
+    assert clips16.keys() == clips32.keys()
+    assert any(not np.array_equal(clips16[k], clips32[k]) for k in clips32)  # it really ran in bfloat16
+    # A later bfloat16 run skips what the bfloat16 run did.
+    assert extract.main(["--input", m, "--output_prefix", bf16_again, "--model", standin_dir, *FAST,
+                         "--precision", "bfloat16", "--skip_done", f"{f32},{bf16}"]) == 0
+    assert read_summary(bf16_again)["counts"]["videos_skipped_done"] == 2
