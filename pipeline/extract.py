@@ -46,7 +46,7 @@ from storage.lease import LeaseHeldError, acquire, release
 from storage.objects import object_exists
 from storage.runs import split_list
 from transforms.assemble import AssembleVideos
-from transforms.captions import CAPTION_TABLES, AlignCaptions
+from transforms.captions import CAPTION_FILES, CAPTION_TABLES, AlignCaptions
 from transforms.decode import DecodeClips
 from transforms.incremental import ReadFailuresAsInput, SkipDone, matching_table_files
 from transforms.inference import Embed, S3DModelHandler
@@ -212,7 +212,7 @@ def _check_launch(options, io: IOOptions, opts: ExtractOptions, model: ModelOpti
     if opts.chunk_videos and not runs_locally(options) and not io.wait:
         raise ValueError("--chunk_videos runs one job per chunk from the launcher, which waits for each: "
                          "it cannot go with --wait=false")
-    if opts.captions not in (None, "column", "sidecar") and not object_exists(opts.captions):
+    if opts.captions and opts.captions not in CAPTION_FILES and not object_exists(opts.captions):
         raise ValueError(f"--captions {opts.captions!r}: no such captions table")
     check_worker_packaging(options)
     if not options.view_as(TestOptions).dry_run:  # a dry run touches no output and needs no model

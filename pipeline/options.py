@@ -21,6 +21,7 @@ from s3d.precision import DEFAULT_PRECISION, PRECISIONS, Machine, PrecisionPlan,
 from s3d.quiet import add_log_level_arguments
 from storage.http import HttpSettings, default_user_agent
 from storage.lease import SETTLE_SEC
+from transforms.captions import CAPTION_FILES
 from transforms.inference import S3DModelHandler
 from transforms.inputs import Columns
 from transforms.progress import ProgressLog
@@ -412,7 +413,7 @@ class ExtractOptions(PipelineOptions):
             raise ValueError(f"--split_sec must be >= 0 (0 turns splitting off), got {self.split_sec}")
         if self.align_window_sec is None or not self.align_window_sec >= 0:
             raise ValueError(f"--align_window_sec must be >= 0, got {self.align_window_sec}")
-        if self.captions and self.captions not in ("column", "sidecar") and \
+        if self.captions and self.captions not in CAPTION_FILES and \
                 not self.captions.lower().endswith((".parquet", ".csv", ".jsonl", ".json")):
             raise ValueError(f"--captions is 'column', 'sidecar' or a .parquet, .csv or .jsonl table, got "
                              f"{self.captions!r}")

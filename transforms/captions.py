@@ -27,18 +27,12 @@ from transforms.records import FAILURES, TextItem, VideoRequest, failure_row
 SHARD_CAPTIONS = 256  # captions aligned together; a video's clips are sent once per shard
 CAPTION_TABLES = ("captions", "captions_failures")
 COLUMN, SIDECAR = "column", "sidecar"
+CAPTION_FILES = (COLUMN, SIDECAR)  # --captions values that name files per video; anything else is a table
 _SEP = "\x1f"  # between the parts of a caption's text_id (video ids and URIs do not hold it)
 
 
-def captions_source(mode: str | None) -> str | None:
-    """--captions as given: None (off), 'column', 'sidecar', or the path of a captions table."""
-    return mode or None
-
-
-def caption_failure(request: VideoRequest, source: str, error: BaseException | dict[str, Any]) -> dict[str, Any]:
-    error_type, message = ((error["error_type"], error["message"]) if isinstance(error, dict)
-                           else (type(error).__name__, str(error)))
-    return failure_row(request.video_id, request.uri, "captions", error_type, f"{source}: {message}"[:2000],
+def caption_failure(request: VideoRequest, source: str, error: BaseException) -> dict[str, Any]:
+    return failure_row(request.video_id, request.uri, "captions", type(error).__name__, f"{source}: {error}"[:2000],
                        segment=(request.start_sec, request.end_sec))
 
 
@@ -179,7 +173,7 @@ class AlignCaptions(beam.PTransform):
         self._source, self._handler, self._window = source, handler, window_sec
 
     def _read(self, requests):
-        if self._source in (COLUMN, SIDECAR):
+        if self._source in CAPTION_FILES:
             read = requests | "ReadCaptionFiles" >> beam.ParDo(ReadCaptionsFn(self._source)).with_outputs(
                 FAILURES, main="read")
             return read.read, read[FAILURES]
