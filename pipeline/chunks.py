@@ -47,7 +47,7 @@ from storage.layout import (
 from storage.lease import Lease, acquire, release
 from storage.objects import write_object
 from storage.paths import is_local, local_path
-from storage.runs import differences, interchangeable
+from storage.runs import differences, done_identity
 from transforms.incremental import matching_table_files
 from transforms.inputs import (
     CARRIED,
@@ -84,10 +84,10 @@ class Chunking:
 
     def identity(self) -> dict[str, Any]:
         """The plan's parameters: the input and its cut (with the manifest's columns when not the
-        default ones), and what makes features interchangeable."""
+        default ones), and what makes a run's videos done for it (storage.runs.done_identity)."""
         columns = {} if self.columns == DEFAULT_COLUMNS else {"columns": dataclasses.asdict(self.columns)}
         return {"input": self.input, "chunk_videos": self.chunk_videos, "skip_done": list(self.skip_done),
-                "split_sec": self.split_sec, **columns, **interchangeable(self.metadata)}
+                "split_sec": self.split_sec, **columns, **done_identity(self.metadata, self.metadata)}
 
 
 def done_ids(chunking: Chunking) -> set[str]:
@@ -212,6 +212,12 @@ class ChunkedLaunch:
     parallel: int = 1  # chunks' jobs at once on a remote runner (locally one at a time)
     poll_sec: float = 30.0  # how often running remote jobs are looked at
     job_state: Callable | None = None  # a Dataflow job's state, to tell a stale lease (runner.dataflow_job_state)
+    stale: tuple[str, ...] = ()  # tables the job writes only with other flags: an earlier run's are cleared too
+
+    @property
+    def cleared(self) -> tuple[str, ...]:
+        """The tables an earlier run (or attempt) may have left: this run's and the stale ones."""
+        return tuple(dict.fromkeys(self.tables + self.stale))
 
     def run(self, chunking: Chunking, overwrite: bool) -> tuple[dict[str, Any], str]:
         """Plans (or resumes) and runs every chunk not yet complete, then writes the aggregate summary.
@@ -247,7 +253,7 @@ class ChunkedLaunch:
         """
         plan = existing_plan(self.output_prefix, chunking, overwrite)
         if plan is None:
-            clear_previous_run(self.output_prefix, self.tables)
+            clear_previous_run(self.output_prefix, self.cleared)
             plan = write_plan(self.output_prefix, chunking)
         committed = committed_attempts(self.output_prefix)
         if read_summary(self.output_prefix) is not None and not all(e["name"] in committed for e in plan["chunks"]):
@@ -406,7 +412,7 @@ class ChunkedLaunch:
                   if found and committed.get(found[0]) != found[1]}
         for name, attempt in sorted(others):
             prefix = attempt_prefix(self.output_prefix, name, attempt)
-            clear_previous_run(prefix, self.tables)
+            clear_previous_run(prefix, self.cleared)
             if is_local(prefix):
                 shutil.rmtree(local_path(prefix), ignore_errors=True)
 

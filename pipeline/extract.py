@@ -62,13 +62,16 @@ CAPTIONS_BATCH = 256  # sentences a batch of the text tower
 log = logging.getLogger("pipeline.extract")
 
 
-def run_metadata(decode: DecodeOptions, model: ModelOptions, plan: PrecisionPlan) -> dict[str, Any]:
+def run_metadata(decode: DecodeOptions, model: ModelOptions, plan: PrecisionPlan,
+                 opts: ExtractOptions) -> dict[str, Any]:
     """What produced the features: written into every file and the run summary."""
+    captions = opts.captions_settings()
     return {
         "job": "extract",
         "model": model.model,
         "preprocessing": decode.preprocessing(),
         **plan_metadata(plan),
+        **({"captions": captions} if captions else {}),  # absent without: earlier runs' files stay alike
         "python": python_version(),  # the launcher's: workers must run the same (transforms.records)
         "package_version": package_version(),
     }
@@ -88,7 +91,7 @@ def build_pipeline(
     """
     progress = progress or ProgressLog()
     plan = plan or model.precision_plan()
-    metadata = run_metadata(decode, model, plan)
+    metadata = run_metadata(decode, model, plan, opts)
     handler = model.handler("video", progress, plan)
     retry = None
     if opts.retry_failures:
@@ -138,6 +141,11 @@ def tables_of(opts: ExtractOptions) -> tuple[str, ...]:
     return TABLES + CAPTION_TABLES if opts.captions else TABLES
 
 
+# Every table a run may write: an earlier run's are cleared from the prefix whatever this run writes
+# (a run without --captions leaves no captions of an earlier run beside its own tables).
+ALL_TABLES = TABLES + CAPTION_TABLES
+
+
 # The job's command line: prog, description, --input/--output_prefix help, option classes (also
 # what deploy/dataflow/make_metadata.py turns into the Flex Template's parameters).
 JOB_ARGS = (
@@ -163,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = model.precision_plan()
     if plan.reason:
         log.warning("%s", plan.reason)
-    metadata, extra = run_metadata(decode, model, plan), summary_extra(io.input)
+    metadata, extra = run_metadata(decode, model, plan, opts), summary_extra(io.input)
     try:
         if opts.chunk_videos and not options.view_as(TestOptions).dry_run:
             announced = _run_in_chunks(options, io, opts, model, decode, plan, metadata, extra)
@@ -176,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 lambda p, progress: build_pipeline(p, io.input if not opts.retry_failures else None, io.output_prefix,
                                                    opts, model, decode, progress, plan),
                 metadata, extra, show_progress=True,
-                expected=None if opts.retry_failures else lambda: count_inputs(io.input))
+                expected=None if opts.retry_failures else lambda: count_inputs(io.input), stale=ALL_TABLES)
     except (LeaseHeldError, PlanMismatchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -252,7 +260,7 @@ def _run_in_chunks(options, io: IOOptions, opts: ExtractOptions, model: ModelOpt
         options, io.output_prefix, tables_of(opts),
         lambda p, progress, input_spec, prefix: build_pipeline(p, input_spec, prefix, opts, model, decode, progress,
                                                                plan, skip_done=[]),
-        metadata, extra, parallel=opts.parallel_chunks, job_state=job_state)
+        metadata, extra, parallel=opts.parallel_chunks, job_state=job_state, stale=ALL_TABLES)
     step = opts.chunk_step
     if step not in ("all", "plan", "aggregate"):
         summary = launch_.run_chunk(chunking, step)

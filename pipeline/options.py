@@ -318,6 +318,10 @@ class ExtractOptions(PipelineOptions):
                            help="a caption's best clip is sought within this many seconds of its span (narration "
                            f"is often a few seconds off what it describes; default: {DEFAULT_ALIGN_WINDOW_SEC:g})")
 
+    def captions_settings(self) -> dict[str, Any] | None:
+        """What --captions and --align_window_sec make of a run (its metadata's `captions`); None without captions."""
+        return {"source": self.captions, "align_window_sec": self.align_window_sec} if self.captions else None
+
     @staticmethod
     def _add_input_args(parser) -> None:
         group = parser.add_argument_group(

@@ -277,8 +277,11 @@ def launch(
     extra: Callable[[dict[str, int], str], dict[str, Any]],
     show_progress: bool = False,
     expected: Callable[[], int | None] | None = None,
+    stale: tuple[str, ...] = (),
 ) -> tuple[dict[str, Any], str]:
     """Clears the prefix, runs the graph `build` adds, and writes the run summary last.
+
+    The earlier run's `tables` go, and its `stale` ones: tables the job writes only with other flags.
 
     `build(p, progress)` adds the graph; its steps report to `progress`, which the launcher
     shows live on local runs when `show_progress`, with `expected()` (the inputs counted at
@@ -292,7 +295,7 @@ def launch(
     lease = acquire(output_prefix, None if runs_locally(options) else dataflow_job_state(options),
                     lease_settle_sec(options))
     try:
-        clear_previous_run(output_prefix, tables)
+        clear_previous_run(output_prefix, tuple(dict.fromkeys(tables + stale)))
         result, lease = run_graph(options, build, lease, show_progress, expected)
         if result is None:
             lease = None  # kept by the job (or by a staged template: its launch replaces it)

@@ -3,12 +3,16 @@
 A run is an output prefix whose tables carry the run metadata (`s3d.run` in every Parquet file's
 key-value metadata) and whose `run_summary.json`, written last, marks it complete.
 
-Two questions, two answers:
+Three questions, three answers:
 - comparable: the same model and preprocessing. Their embeddings live in one space, so search
   and the index rank them together. Precision is not part of it: a bfloat16 run's features are
   float32's within cosine 0.998 (BENCHMARKS.md, "Precision"), close enough to rank side by side.
 - interchangeable: comparable and of the same precision: the features are the same numbers
-  (within float32 rounding), so --skip_done may count one run's videos as done for the other.
+  (within float32 rounding).
+- done for a run: interchangeable, and, when that run aligns captions (--captions), made with the
+  same captions settings. --skip_done counts an earlier run's videos as done for this one, and a
+  run in chunks resumes its plan, only then: a run without captions may reuse a captioned run's
+  videos, a captioned run never skips a video whose captions were not aligned as it would.
 
 Files written before a key existed hold its default (precision: float32).
 """
@@ -61,6 +65,12 @@ def comparable(metadata: dict[str, Any]) -> dict[str, Any]:
 
 def interchangeable(metadata: dict[str, Any]) -> dict[str, Any]:
     return identity(metadata, INTERCHANGEABLE_KEYS)
+
+
+def done_identity(metadata: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """What must match for an earlier run (its `metadata`) to have done a video for `run` (this run's metadata)."""
+    keys = {**INTERCHANGEABLE_KEYS, **({"captions": None} if run.get("captions") else {})}
+    return identity(metadata, keys)
 
 
 def differences(found: dict[str, Any], wanted: dict[str, Any]) -> str:

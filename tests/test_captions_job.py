@@ -120,9 +120,11 @@ def test_sidecar_files_and_a_captions_table_give_the_same_rows(column_run, corpu
     _same_captions(rows(table, "captions"), rows(column_run, "captions"))
 
 
-def test_split_parts_shards_and_chunks_give_the_same_captions(column_run, corpus, standin_dir, tmp_path, monkeypatch):
+def test_split_parts_shards_and_chunks_give_the_same_captions(column_run, corpus, standin_dir, tmp_path, monkeypatch,
+                                                             capsys):
     """--split_sec parts join before alignment; captions are aligned in shards (here of 2, so A's 3 captions
-    are two keys, each given A's clips); a run in chunks writes the same rows."""
+    are two keys, each given A's clips); a run in chunks writes the same rows, and its plan refuses a
+    relaunch with other captions settings."""
     from transforms import captions as captions_module
 
     monkeypatch.setattr(captions_module, "SHARD_CAPTIONS", 2)
@@ -136,6 +138,31 @@ def test_split_parts_shards_and_chunks_give_the_same_captions(column_run, corpus
                          "--captions", "column", "--chunk_videos", "2"]) == 0
     _same_captions(rows(chunked, "captions"), rows(column_run, "captions"))
     assert {r["video_id"]: r["captions"] for r in rows(chunked, "videos")} == {"A": 3, "B": None, "C": None}
+    capsys.readouterr()
+    assert extract.main(["--input", corpus["manifest"], "--output_prefix", chunked, "--model", standin_dir, *FAST,
+                         "--captions", "sidecar", "--chunk_videos", "2"]) == 2  # the plan was made with 'column'
+    assert "captions" in capsys.readouterr().err
+
+
+def test_captions_settings_are_part_of_what_a_run_is(column_run, corpus, standin_dir, tmp_path):
+    """The run metadata records --captions and --align_window_sec; --skip_done counts an earlier run's videos
+    as done only when it aligned the same captions, or when this run aligns none; a run without --captions
+    clears an earlier run's captions tables from its prefix."""
+    from storage.runs import file_run_metadata
+
+    settings = {"source": "column", "align_window_sec": 5.0}
+    assert read_summary(column_run)["captions"] == settings
+    assert {file_run_metadata(f)["captions"].get("source") for f in table_files(column_run, "captions")} == {"column"}
+    prefix = str(tmp_path / "out")
+    base = ["--input", corpus["manifest"], "--output_prefix", prefix, "--model", standin_dir, *FAST,
+            "--skip_done", column_run]
+    assert extract.main([*base, "--captions", "sidecar"]) == 0
+    assert read_summary(prefix)["counts"]["videos_skipped_done"] == 0  # column_run aligned other captions
+    assert [r["video_id"] for r in rows(prefix, "captions")] == ["A"] * len(CUES)
+    assert extract.main(base) == 0
+    assert read_summary(prefix)["counts"]["videos_skipped_done"] == 3  # a run without captions: all done
+    assert "captions" not in read_summary(prefix)
+    assert table_files(prefix, "captions") == [] and table_files(prefix, "captions_failures") == []
 
 
 def test_the_readme_query_lists_a_videos_best_grounded_captions(column_run):

@@ -12,6 +12,7 @@ from storage.runs import (
     RunError,
     check_complete,
     comparable,
+    done_identity,
     interchangeable,
     shared_metadata,
     split_list,
@@ -31,6 +32,16 @@ def test_comparable_is_model_and_preprocessing_and_interchangeable_adds_precisio
     assert interchangeable(reordered) == interchangeable(F32)  # files from before --precision: float32
     assert comparable({**F32, "model": "n"}) != comparable(F32)
     assert comparable({**F32, "preprocessing": {"fps": 5, "size": 224}}) != comparable(F32)
+
+
+def test_a_run_with_captions_is_done_only_by_runs_with_the_same_captions_settings():
+    narrated = {**F32, "captions": {"source": "column", "align_window_sec": 5.0}}
+    other = {**F32, "captions": {"source": "column", "align_window_sec": 2.0}}
+    assert done_identity(F32, F32) == done_identity(narrated, F32)  # a plain run may reuse a captioned one's videos
+    assert done_identity(F32, narrated) != done_identity(narrated, narrated)  # ... not the other way round
+    assert done_identity(other, narrated) != done_identity(narrated, narrated)
+    assert done_identity(BF16, narrated) != done_identity({**narrated, "precision": "bfloat16"}, narrated)
+    assert done_identity(F32, F32) == interchangeable(F32)  # without captions: interchangeable, as before
 
 
 def _run(prefix, metadata: dict, complete: bool = True) -> str:

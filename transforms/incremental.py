@@ -3,7 +3,7 @@
 Both work inside the graph on tables of earlier runs, so they scale with the corpus:
 the earlier `videos` tables are read and joined with the requests by `video_id`.
 Only earlier runs whose features are interchangeable with this run's (storage.runs: the same model,
-preprocessing and precision) count as done.
+preprocessing and precision, and the same captions settings when this run aligns captions) count as done.
 """
 
 from __future__ import annotations
@@ -16,26 +16,26 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from storage.layout import table_files
-from storage.runs import differences, file_run_metadata, interchangeable
+from storage.runs import differences, done_identity, file_run_metadata
 from transforms.records import NAMESPACE
 
 log = logging.getLogger(__name__)
 
 
 def matching_table_files(prefixes: Sequence[str], table: str, metadata: dict[str, Any]) -> list[str]:
-    """Files of `table` under the prefixes made with this run's model, preprocessing and precision.
+    """Files of `table` under the prefixes that did this run's videos (storage.runs.done_identity).
 
     Every file of a run carries the same run metadata, so one footer is read per prefix, not one per
     file: a launch over many earlier runs of many shards costs a listing and a read per run. Others
     are logged and left out (their videos are done again).
     """
-    wanted = interchangeable(metadata)
+    wanted = done_identity(metadata, metadata)
     files = []
     for prefix in prefixes:
         paths = table_files(prefix, table)
         if not paths:
             continue
-        found = interchangeable(file_run_metadata(paths[0]))
+        found = done_identity(file_run_metadata(paths[0]), metadata)
         if found == wanted:
             files.extend(paths)
         else:
