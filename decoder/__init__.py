@@ -20,7 +20,8 @@ from decoder.errors import (
     VideoError,
 )
 from decoder.options import CROP_MODES, FALLBACK_FPS, TAIL_POLICIES, DecodeOptions, add_decode_arguments
-from decoder.reader import Clip, ClipReader, Opener, VideoInfo
+from decoder.reader import Clip, ClipReader, VideoInfo
+from decoder.source import Opener
 
 __all__ = [
     "CROP_MODES", "FALLBACK_FPS", "TAIL_POLICIES", "Clip", "ClipReader", "CorruptStreamError", "DecodeOptions",

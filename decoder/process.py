@@ -60,8 +60,9 @@ import numpy as np
 
 from decoder.errors import DecoderCrashError, LimitExceededError, OpenError, VideoError
 from decoder.options import DecodeOptions
-from decoder.reader import ClipReader, Opener, VideoInfo, _remote_source
+from decoder.reader import ClipReader, VideoInfo
 from decoder.sampling import Clip
+from decoder.source import Opener, open_remote
 from decoder.split import Extent, read_extent
 from storage.paths import is_local
 from storage.seekable import SeekableReader
@@ -306,7 +307,7 @@ class DecoderProcess:
 
     @contextlib.contextmanager
     def _job(self, uri: str, opener: Opener | None, options: DecodeOptions):
-        fileobj = None if is_local(uri) else _remote_source(uri, opener)
+        fileobj = None if is_local(uri) else open_remote(uri, opener)
         try:
             child = self._ready(options)
             child.fileobj = fileobj

@@ -14,52 +14,32 @@ It decodes only what the clips need, with the frames that decoding everything gi
   seeks to the keyframe before the next window instead of decoding through the gap.
 If a clip ever needs a sample that was left out (a container that declares more than
 it holds moves the last window), the video is decoded again without either shortcut.
+Those decisions live in decoder.decode_less; opening the bytes in decoder.source.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import Any
 
 import av
 import numpy as np
 
+from decoder.decode_less import Packets, Shortcuts
 from decoder.errors import (
     CorruptStreamError,
     LimitExceededError,
     NoFramesError,
     NoVideoStreamError,
-    OpenError,
     TooShortError,
     UnsupportedCodecError,
-    VideoError,
 )
 from decoder.frames import FrameConverter
 from decoder.options import FALLBACK_FPS, DecodeOptions
-from decoder.sampling import EPS, Clip, NeedAllFrames, TimestampSampler, Windower
-from storage.paths import UnusableObjectError, is_local, local_path
-
-# Opens a remote URI for reading (the jobs pass storage.objects.open_object). It raises
-# FileNotFoundError for a missing object, PermissionError for a forbidden one and
-# storage.paths.UnusableObjectError for one that will never read as asked (all permanent); other
-# errors count as transient (timeouts, 5xx) and may be retried, unless they say they were already
-# (`retried`, as the http(s) filesystem's do). An error's `error_type`, when it has one, is the
-# failure record's.
-Opener = Callable[[str], IO[bytes]]
-
-# Packets read ahead of the decoder: enough to know each frame's successor in presentation
-# order (codecs reorder at most 16 frames).
-LOOKAHEAD = 32
-# A gap in the samples the clips use is skipped by seeking when it is longer than this, and
-# longer than 1.5 keyframe intervals seen so far (a shorter seek would land before the gap).
-MIN_SEEK_GAP_SEC = 2.0
-SEEK_EARLY_SEC = 1e-3  # a seek asks for a little before the target time
-MAX_RESEEKS = 4  # seeks from further back when one lands past its target; then from the stream's start
+from decoder.sampling import Clip, NeedAllFrames, TimestampSampler, Windower
+from decoder.source import Opener, declared_duration, open_container
 
 
 @dataclasses.dataclass
@@ -77,67 +57,6 @@ class VideoInfo:
     sampled_frames: int = 0
     num_clips: int = 0
     dropped_tail_frames: int = 0  # sampled frames not in any clip because tail == "drop"
-
-
-def _local_source(uri: str) -> str:
-    path = local_path(uri)
-    if not os.path.exists(path):
-        raise OpenError(uri, "no such file")
-    if os.path.isdir(path):
-        raise OpenError(uri, "is a directory, not a video file")
-    if os.path.getsize(path) == 0:
-        raise OpenError(uri, "empty file (0 bytes)")
-    return path
-
-
-def _remote_source(uri: str, opener: Opener | None) -> IO[bytes]:
-    if opener is None:
-        raise OpenError(uri, "a remote URI needs an opener (the jobs pass Beam's FileSystems)")
-    try:
-        return opener(uri)
-    except Exception as e:  # filesystem plugins raise their own types (BeamIOError, ...): retryable
-        cause = e
-    if isinstance(cause, FileNotFoundError):
-        error = OpenError(uri, f"no such object: {cause}")
-    elif isinstance(cause, PermissionError):
-        error = OpenError(uri, f"access denied: {cause}")
-    elif isinstance(cause, UnusableObjectError):
-        error = OpenError(uri, f"cannot be read as media: {cause}")
-    else:
-        error = OpenError(uri, f"cannot read: {type(cause).__name__}: {cause}", transient=True)
-        if getattr(cause, "retried", False):
-            error.retried = True
-    if getattr(cause, "error_type", None):
-        error.error_type = cause.error_type
-    raise error from cause
-
-
-def open_container(uri: str, opener: Opener | None = None) -> tuple[Any, IO[bytes] | None]:
-    """Opens the container; returns (container, file object to close or None)."""
-    fileobj = None
-    try:
-        if is_local(uri):
-            source: Any = _local_source(uri)
-        else:
-            source = fileobj = _remote_source(uri, opener)
-        return av.open(source, mode="r", metadata_errors="ignore"), fileobj
-    except VideoError:
-        if fileobj is not None:
-            fileobj.close()
-        raise
-    except (av.error.FFmpegError, OSError, ValueError, UnicodeDecodeError) as e:
-        if fileobj is not None:
-            fileobj.close()
-        raise OpenError(uri, f"not a readable media file: {type(e).__name__}: {e}") from e
-
-
-def declared_duration(container: Any, stream: Any) -> float | None:
-    """The duration the stream's header declares, else the container's, in seconds; None if neither does."""
-    if stream.duration is not None and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    if container.duration is not None:
-        return container.duration / av.time_base
-    return None
 
 
 @dataclasses.dataclass
@@ -211,25 +130,22 @@ class ClipReader:
     def __iter__(self) -> Iterator[Clip]:
         yielded = 0
         for decode_all in ((True,) if self.decode_all else (False, True)):
-            container, fileobj = open_container(self.uri, self.opener)
-            decoding = _Decoding(self, container, decode_all)
-            try:
-                for clip in decoding.clips():
-                    if clip.clip_index >= yielded:  # a second pass repeats the clips already given
-                        yielded += 1
-                        yield self._in_video(clip)
-                return
-            except NeedAllFrames as e:
-                if decode_all:  # a seek the full pass needs failed (a segment's start, say)
-                    raise CorruptStreamError(self.uri, f"cannot decode the frames asked for: {e}",
-                                             clips_emitted=yielded) from e
-                decoded = self.info.decoded_frames
-                self.info = VideoInfo(uri=self.uri, decoded_frames=decoded)  # the second pass counts anew
-            finally:
-                self.first_target = decoding.sampler.first_k
-                container.close()
-                if fileobj is not None:
-                    fileobj.close()
+            with open_container(self.uri, self.opener) as container:
+                decoding = _Decoding(self, container, decode_all)
+                try:
+                    for clip in decoding.clips():
+                        if clip.clip_index >= yielded:  # a second pass repeats the clips already given
+                            yielded += 1
+                            yield self._in_video(clip)
+                    return
+                except NeedAllFrames as e:
+                    if decode_all:  # a seek the full pass needs failed (a segment's start, say)
+                        raise CorruptStreamError(self.uri, f"cannot decode the frames asked for: {e}",
+                                                 clips_emitted=yielded) from e
+                    decoded = self.info.decoded_frames
+                    self.info = VideoInfo(uri=self.uri, decoded_frames=decoded)  # the second pass counts anew
+                finally:
+                    self.first_target = decoding.sampler.first_k
 
     def _in_video(self, clip: Clip) -> Clip:
         """A part's clip numbered as in the whole video."""
@@ -253,59 +169,6 @@ def _check_part(options: DecodeOptions, first: int, end: int | None, first_clip:
         raise ValueError(f"a part must end after it starts, got samples [{first}, {end})")
 
 
-class _Packets:
-    """The stream's packets in decoding order, read LOOKAHEAD ahead, to tell each one's successor on screen."""
-
-    def __init__(self, container: Any, stream: Any):
-        self.container, self.stream = container, stream
-        self.keyframe_interval = 0.0  # the longest seen, in pts units
-        self._last_keyframe: int | None = None
-        self._restart()
-
-    def _restart(self) -> None:
-        self._demux = self.container.demux(self.stream)
-        self._ahead: deque[Any] = deque()
-        self._recent: deque[int] = deque(maxlen=LOOKAHEAD)  # pts of the packets handed out lately
-        self._error: BaseException | None = None  # a read error, raised once the packets before it are out
-
-    def _fill(self) -> None:
-        while self._error is None and len(self._ahead) < LOOKAHEAD:
-            try:
-                self._ahead.append(next(self._demux))
-            except StopIteration:
-                self._error = StopIteration()
-            except (av.error.FFmpegError, OSError) as e:
-                self._error = e
-
-    def next(self) -> Any | None:
-        """The next packet; None at the end of the stream."""
-        self._fill()
-        if not self._ahead:
-            if self._error is not None and not isinstance(self._error, StopIteration):
-                raise self._error
-            return None
-        packet = self._ahead.popleft()
-        if packet.pts is not None:
-            self._recent.append(packet.pts)
-            if packet.is_keyframe:
-                if self._last_keyframe is not None and packet.pts > self._last_keyframe:
-                    self.keyframe_interval = max(self.keyframe_interval, packet.pts - self._last_keyframe)
-                self._last_keyframe = packet.pts
-        return packet
-
-    def successor(self, pts: int) -> int | None:
-        """The next pts after `pts` among the packets around it; None near the end of the stream."""
-        later = [p.pts for p in self._ahead if p.pts is not None and p.pts > pts]
-        later += [p for p in self._recent if p > pts]
-        return min(later) if later else None
-
-    def seek(self, pts: int) -> None:
-        """To the keyframe at or before `pts`; the decoder's buffers are flushed with it."""
-        self.container.seek(pts, stream=self.stream, backward=True, any_frame=False)
-        self._last_keyframe = None
-        self._restart()
-
-
 class _Decoding:
     """One pass over one container: probe, decode and sample frame by frame, then the end checks."""
 
@@ -314,13 +177,7 @@ class _Decoding:
         self.container = container
         self.decode_all = decode_all or self.opts.fps is None  # native rate: every frame is a sample
         self.t0: float | None = None
-        self._seek: tuple[float, float] | None = None  # (time of the last frame before it, the target)
-        self._seek_gap = MIN_SEEK_GAP_SEC
-        self._skipped_end = 0.0  # end of the latest packet sent with skip_frame on
-        self._skip_mode = "DEFAULT"
-        self._seek_landing = self._overshot = False
-        self._reseeks = 0
-        self._seeks_unreliable = False  # a seek fell back to the stream's start: no more seeks in this pass
+        self.shortcuts: Shortcuts | None = None  # once probed (decoder.decode_less)
         self.sampler = TimestampSampler(self.opts.fps, reader.start_sec, reader.stop_sec, reader.first_sample)
         self.windower: Windower | None = None
         self.converter: FrameConverter | None = None
@@ -403,7 +260,7 @@ class _Decoding:
                 return
             self.info.sampled_frames = self.sampler.sampled
             i = windower.next_index
-            used = self.decode_all or windower.plan.next_needed(i) == i
+            used = self.decode_all or windower.needs(i)
             yield from windower.push(self._convert(frame_id, frame) if used else None, target, self.sample_dt)
 
     def _check_deadline(self, deadline: float) -> None:
@@ -425,28 +282,28 @@ class _Decoding:
             self.reader.on_probe()
         self.t0 = s.t0
         deadline = time.monotonic() + self.opts.max_seconds_per_video
-        packets = _Packets(self.container, s.stream)
+        packets = Packets(self.container, s.stream)
+        self.shortcuts = shortcuts = Shortcuts(packets, self.sampler, enabled=not self.decode_all)
         self._frame_id, self._stop = 0, False
-        if self.reader.seek_sec > 0 and self.t0 is not None:  # to the segment (or part), checked like any seek
-            self._seek = (-math.inf, self.reader.seek_sec)
-            self._seek_to(packets, s, self.reader.seek_sec)
+        if self.reader.seek_sec > 0 and self.t0 is not None:
+            shortcuts.start_at(self.t0, self.reader.seek_sec)
         try:
             while not self._stop:
                 packet = packets.next()
-                if packet is None and self._seek_landing:  # a seek landed at the end: as if past its target
-                    self._overshot = True
+                if packet is None and shortcuts.landing:  # a seek landed at the end: as if past its target
+                    shortcuts.overshot = True
                 elif packet is None:
                     break
                 else:
-                    self._set_skip(packet, packets, s)
+                    shortcuts.set_skip(packet, self.windower, self.t0)
                     for frame in packet.decode():
                         yield from self._on_frame(frame, s, deadline)
                         if self._stop:
                             break
-                if self._overshot:
-                    self._seek_again(packets, s)
+                if shortcuts.overshot:
+                    shortcuts.seek_again(self.t0)
                 elif not self._stop:
-                    self._maybe_seek(packets, s)
+                    shortcuts.maybe_seek(self.windower, self.t0, None if self.prev is None else self.prev[1])
         except (av.error.FFmpegError, OSError) as e:
             yield from self._after_break(e)
         yield from self._finish(s, self.t0)
@@ -460,7 +317,7 @@ class _Decoding:
         t = float(frame.pts * s.time_base) - self.t0
         self.info.decoded_frames += 1
         self._frame_id += 1
-        if self._seek is not None and not self._landed(t):
+        if not self.shortcuts.landed(t):
             return  # decoded again after a seek that landed before the last frame
         if self.windower is None:
             self._start(frame, s.declared)
@@ -473,90 +330,6 @@ class _Decoding:
         self.prev = (frame, t, self._frame_id)
         if self.reader.stop_sec is not None and t >= self.reader.stop_sec:
             self._stop = True
-
-    # ---- decoding less ------------------------------------------------------------------------
-
-    def _used_between(self, start: float, end: float) -> bool:
-        """Whether a clip uses a sample the frame shown in [start, end) would fill.
-
-        The sampler gives a frame the target times in [start - EPS, end - EPS); this asks about
-        [start - 2 EPS, end - EPS / 2), a little wider, far above the float error of either.
-        """
-        k0, fps, seg_start = self.sampler.first_k, self.opts.fps, self.reader.start_sec
-        lo = math.ceil((start - 2 * EPS - seg_start) * fps) - k0
-        hi = math.ceil((end - EPS / 2 - seg_start) * fps) - 1 - k0
-        i = self.windower.plan.next_needed(lo)
-        return i is not None and i <= hi
-
-    def _set_skip(self, packet: Any, packets: _Packets, s: _Stream) -> None:
-        """Lets the codec drop `packet` if it is a non-reference frame on screen at no used sample time."""
-        skip = False
-        if not self.decode_all and packet.pts is not None and self.sampler.first_k is not None:
-            successor = packets.successor(packet.pts)
-            if successor is not None:
-                start, end = float(packet.pts * s.time_base) - self.t0, float(successor * s.time_base) - self.t0
-                skip = not self._used_between(start, end)
-                if skip:
-                    self._skipped_end = max(self._skipped_end, end)
-        mode = "NONREF" if skip else "DEFAULT"
-        if mode != self._skip_mode:
-            s.stream.codec_context.skip_frame = mode
-            self._skip_mode = mode
-
-    def _maybe_seek(self, packets: _Packets, s: _Stream) -> None:
-        """Seeks across a gap no clip uses, when it is long enough for a keyframe to lie inside it."""
-        if (self.decode_all or self.sampler.first_k is None or self.prev is None or self._seek is not None
-                or self._seeks_unreliable):
-            return
-        plan = self.windower.plan
-        i = None if plan.uses_all else plan.next_needed(self.windower.next_index)
-        if i is None:
-            return
-        target, last = self.sampler.target(self.sampler.first_k + i), self.prev[1]
-        if target - last <= max(self._seek_gap, 1.5 * float(packets.keyframe_interval * s.time_base)):
-            return
-        self._seek = (last, target)
-        self._seek_to(packets, s, target - SEEK_EARLY_SEC)
-
-    def _seek_to(self, packets: _Packets, s: _Stream, when: float) -> None:
-        try:
-            packets.seek(math.floor((self.t0 + when) / s.time_base))
-        except (av.error.FFmpegError, OSError) as e:
-            raise NeedAllFrames(f"seek to {when:.3f}s failed: {e}") from e
-        self._seek_landing, self._overshot = True, False
-
-    def _seek_again(self, packets: _Packets, s: _Stream) -> None:
-        """The seek landed past its target: again from further back (containers that index by
-        decoding time, such as AVI, land on a keyframe shown after the time asked for)."""
-        self._reseeks += 1
-        last, target = self._seek
-        if self._reseeks > MAX_RESEEKS:
-            # From the stream's start, taking the frames as they come: what decoding from the start gives.
-            # The file's index cannot be trusted, so the rest of the pass decodes through its gaps (a new
-            # seek would land late again, and every round trip back to the start gains one frame).
-            self._seeks_unreliable = True
-            self._seek_to(packets, s, -(self.t0 or 0.0))
-            self._seek_landing = False
-            return
-        back = 2 ** self._reseeks * max(0.5, float(packets.keyframe_interval * s.time_base))
-        self._seek_to(packets, s, max(target - back, last))
-
-    def _landed(self, t: float) -> bool:
-        """After a seek: checks where it landed; False for the frames up to the last one before it."""
-        last, target = self._seek
-        if self._overshot:
-            return False  # this packet's other frames; the seek is made again after it
-        if self._seek_landing:
-            self._seek_landing = False
-            if t > target + EPS:  # past the target: the frame on screen at it was not decoded
-                self._overshot = True
-                return False
-            if t <= last + EPS:  # before the last frame: keyframes are further apart than the gap
-                self._seek_gap = max(self._seek_gap, 2.0 * (target - t))
-        if t <= last + EPS:
-            return False
-        self._seek, self._reseeks = None, 0
-        return True
 
     # ---- at the end ---------------------------------------------------------------------------
 
@@ -581,7 +354,7 @@ class _Decoding:
         last_dt = (float(last_frame.duration * s.time_base) if last_frame.duration
                    else 1.0 / (info.native_fps or self.opts.fps or FALLBACK_FPS))
         if not self._stop:  # to the end: the packets skipped after the last decoded frame were on screen too
-            last_dt = max(last_dt, self._skipped_end - last_time)
+            last_dt = max(last_dt, self.shortcuts.skipped_end - last_time)
         yield from self._emit(last_frame, last_time, last_id, upto=last_time + last_dt)
         if info.sampled_frames == 0:
             raise NoFramesError(self.uri, f"no video frames{where}: the video has {last_time + last_dt:.2f}s")

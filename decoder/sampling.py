@@ -172,6 +172,19 @@ class Windower:
         return self._n
 
     @property
+    def uses_all(self) -> bool:
+        """Every sample is in some clip (SamplePlan.uses_all)."""
+        return self.plan.uses_all
+
+    def needed_from(self, i: int) -> int | None:
+        """The first sample index >= i that a clip uses; None when no later clip uses any."""
+        return self.plan.next_needed(i)
+
+    def needs(self, i: int) -> bool:
+        """Whether a clip uses sample i (unused ones may be pushed as None: they are never converted)."""
+        return self.plan.next_needed(i) == i
+
+    @property
     def clips_emitted(self) -> int:
         return self._clip_index
 

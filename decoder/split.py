@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from decoder.decode_less import LOOKAHEAD
 from decoder.options import DecodeOptions
-from decoder.reader import LOOKAHEAD, Opener, declared_duration, open_container
 from decoder.sampling import EPS, TimestampSampler
+from decoder.source import Opener, declared_duration, open_container
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +45,7 @@ class Extent:
 
 def read_extent(uri: str, opener: Opener | None = None) -> Extent:
     """Reads the header and the first packets (no decoding). Raises the decoder's OpenError and the like."""
-    container, fileobj = open_container(uri, opener)
-    try:
+    with open_container(uri, opener) as container:
         if not container.streams.video:
             return Extent(None, 0.0)
         stream = container.streams.video[0]
@@ -60,10 +60,6 @@ def read_extent(uri: str, opener: Opener | None = None) -> Extent:
         start = stream.start_time if stream.start_time is not None else (min(pts) if pts else 0)
         first = float((min(pts) - start) * tb) if pts else 0.0
         return Extent(duration, max(0.0, first))
-    finally:
-        container.close()
-        if fileobj is not None:
-            fileobj.close()
 
 
 def plan_parts(options: DecodeOptions, split_sec: float, extent: Extent, start_sec: float | None = None,

@@ -17,6 +17,7 @@ import av
 import numpy as np
 import pytest
 
+import decoder.decode_less as decode_less
 import decoder.reader as reader_module
 from decoder import ClipReader, DecodeOptions
 from decoder.sampling import SamplePlan
@@ -115,7 +116,7 @@ def test_a_seek_that_lands_past_its_target_is_made_again(videos):
     """Containers that index by decoding time (AVI) can land on a keyframe shown after the time asked for;
     here the first seek of each gap lands a second late on purpose, and the reader seeks again from further back."""
     seeks = []
-    original = reader_module._Packets.seek
+    original = decode_less.Packets.seek
 
     def late_first(self, pts):
         late = not seeks or seeks[-1][1]  # the first seek, and the first after each good one
@@ -123,7 +124,7 @@ def test_a_seek_that_lands_past_its_target_is_made_again(videos):
         return original(self, pts + (int(1 / self.stream.time_base) if late else 0))  # a second late
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(reader_module._Packets, "seek", late_first)
+        mp.setattr(decode_less.Packets, "seek", late_first)
         everything, less = assert_same(both(videos["long"], frames_per_clip=16, num_clips=4))
     late = [pts for pts, ok in seeks if not ok]
     assert len(late) >= 3 and len(seeks) > len(late)  # each gap: a late landing, then a seek further back
@@ -133,20 +134,20 @@ def test_a_seek_that_lands_past_its_target_is_made_again(videos):
 def test_seeks_that_always_land_late_end_in_decoding_from_the_start(videos):
     """After MAX_RESEEKS late landings (or landings at the end) the reader seeks to the stream's start and
     takes the frames as they come; a segment's first seek too, in both modes."""
-    original = reader_module._Packets.seek
+    original = decode_less.Packets.seek
 
     def always_late(self, pts):  # a broken index: every seek but to the start lands 100 s on, past the end
         return original(self, pts + int(100 / self.stream.time_base) if pts > 0 else pts)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(reader_module._Packets, "seek", always_late)
+        mp.setattr(decode_less.Packets, "seek", always_late)
         everything, less = assert_same(both(videos["long"], frames_per_clip=16, num_clips=3))
     # Once back at the start, the reader decodes through the later gaps instead of seeking into the
     # broken index again (each round trip to the start once gained one frame: 441,258 decoded, not 1,800).
     assert less <= everything
     reference = both(videos["long"], 20.0, 24.0, frames_per_clip=8)[0]  # seeks land where asked
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(reader_module._Packets, "seek", always_late)
+        mp.setattr(decode_less.Packets, "seek", always_late)
         late = both(videos["long"], 20.0, 24.0, frames_per_clip=8)
     assert_same(late)
     assert_same([reference, late[1]])
@@ -157,7 +158,7 @@ def test_a_failed_seek_decodes_everything(videos):
         raise av.error.InvalidDataError(0, "seek", "stream")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(reader_module._Packets, "seek", broken)
+        mp.setattr(decode_less.Packets, "seek", broken)
         everything, less = assert_same(both(videos["long"], frames_per_clip=16, num_clips=3))
     assert less >= everything  # no seek: everything up to the last window was decoded
 
