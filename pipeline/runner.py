@@ -151,12 +151,15 @@ def counters(result) -> dict[str, int]:
 
 
 def distributions(result) -> dict[str, dict[str, float]]:
-    out = {}
+    """The job's distributions merged over steps and namespaces, as counters are summed: a name two steps
+    report (the video and the text tower's model load, with --captions) counts both."""
+    merged: dict[str, list[float]] = {}  # name -> [count, sum, max]
     for dist in result.metrics().query()["distributions"]:
         value = dist.committed or dist.attempted
         if value is not None and value.count:
-            out[dist.key.metric.name] = {"count": value.count, "mean": value.sum / value.count, "max": value.max}
-    return out
+            count, total, top = merged.get(dist.key.metric.name, (0, 0, value.max))
+            merged[dist.key.metric.name] = [count + value.count, total + value.sum, max(top, value.max)]
+    return {name: {"count": count, "mean": total / count, "max": top} for name, (count, total, top) in merged.items()}
 
 
 class Stopwatch:
