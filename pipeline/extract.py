@@ -57,7 +57,7 @@ from transforms.split import SplitLongVideos
 from transforms.tables import WriteTables
 
 TABLES = ("clips", "videos", "failures")
-CAPTIONS_BATCH = 256  # sentences a batch of the text tower
+CAPTIONS_BATCH = 256  # captions a batch of the text tower (whole shards)
 
 log = logging.getLogger("pipeline.extract")
 
@@ -127,7 +127,7 @@ def build_pipeline(
     counts = {"videos_ok": "videos", "videos_failed": "failures", "clips": "clips"}
     if opts.captions:
         # The text tower, float32 and with no accelerator hint: on GPU jobs it runs on the CPU workers.
-        text_handler = S3DModelHandler(model.model, "text", max_batch_size=CAPTIONS_BATCH)
+        text_handler = S3DModelHandler(model.model, "captions", max_batch_size=CAPTIONS_BATCH)
         narrated = {"requests": todo, "clip_rows": embedded["rows"], "videos": assembled["videos"]} | \
             "Captions" >> AlignCaptions(opts.captions, text_handler, opts.align_window_sec)
         tables.update(videos=narrated["videos"], captions=narrated["captions"], captions_failures=narrated["failures"])

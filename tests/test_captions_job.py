@@ -108,6 +108,32 @@ def test_every_video_is_written_and_a_captions_failure_is_its_own_row(column_run
     assert summary["rows"]["videos"] == 3 and summary["counts"]["videos_failed"] == 0
 
 
+def test_captions_the_text_tower_fails_on_are_their_videos_failure_row(corpus, standin_dir, tmp_path, monkeypatch):
+    from transforms.inference import S3DModelHandler
+
+    embed_texts = S3DModelHandler._embed_texts
+
+    def failing(batch, model):
+        if any("onion" in item.text for item in batch):  # A's last caption: its shard fails
+            raise RuntimeError("text tower failed (simulated)")
+        return embed_texts(batch, model)
+
+    monkeypatch.setattr(S3DModelHandler, "_embed_texts", staticmethod(failing))
+    prefix = str(tmp_path / "out")
+    assert extract.main(["--input", corpus["manifest"], "--output_prefix", prefix, "--model", standin_dir, *FAST,
+                         "--captions", "column"]) == 0
+    failed = {r["video_id"]: r for r in rows(prefix, "captions_failures")}
+    assert sorted(failed) == ["A", "B"]  # B: its file is missing
+    assert (failed["A"]["stage"], failed["A"]["error_type"]) == ("captions", "RuntimeError")
+    assert failed["A"]["message"].startswith(f"{len(CUES)} caption(s) failed in the text tower: ")
+    assert "text tower failed (simulated)" in failed["A"]["message"]
+    assert failed["A"]["uri"] == corpus["videos"]["A"]
+    assert rows(prefix, "captions") == []
+    videos = {r["video_id"]: r for r in rows(prefix, "videos")}
+    assert sorted(videos) == ["A", "B", "C"] and videos["A"]["num_clips"] > 0  # the clips are written all the same
+    assert (videos["A"]["captions"], videos["A"]["grounded_fraction"]) == (len(CUES), None)
+
+
 def test_sidecar_files_and_a_captions_table_give_the_same_rows(column_run, corpus, standin_dir, tmp_path):
     sidecar = str(tmp_path / "sidecar")
     assert extract.main(["--input", corpus["manifest"], "--output_prefix", sidecar, "--model", standin_dir, *FAST,

@@ -19,7 +19,7 @@ import pytest
 from floats import assert_features_close
 
 from decoder import ClipReader, DecodeOptions, errors
-from decoder.split import Extent, plan_parts, read_extent
+from decoder.split import Extent, Part, plan_parts, read_extent
 from pipeline import extract
 from storage.layout import read_summary
 from synthetic.videos import decode_index, write_video
@@ -199,12 +199,13 @@ def test_join_refuses_parts_that_do_not_fit_together():
     from transforms.records import VideoRequest
     from transforms.split import JoinPartsFn, part_record
 
-    request = VideoRequest("v", "/v.mp4", None, None, 0, 2, 0, 0, 5)
+    request = VideoRequest("v", "/v.mp4", part=Part(index=0, count=2, first_target=0, first_clip=0, next_clip=5))
     info = {"video_id": "v", "uri": "/v.mp4", "segment_start_sec": None, "segment_end_sec": None,
             "num_clips": 5, "decoded_frames": 50, "sampled_frames": 40, "duration_sec": 9.0, "dropped_tail_frames": 0}
     fn = JoinPartsFn(DecodeOptions(frames_per_clip=8))
     late = part_record(request, first_target=1, clips=5, info=info)  # the stream started later than the header said
-    second = part_record(request._replace(part=1, first_clip=5, next_clip=None), first_target=40, clips=5, info=info)
+    second = part_record(request._replace(part=Part(1, 2, 0, first_clip=5, next_clip=None)), first_target=40, clips=5,
+                         info=info)
     out = list(fn.process(("v", [late[1], second[1]])))
     assert len(out) == 1 and out[0].tag == "failures"
     assert out[0].value["error_type"] == "SplitMismatch" and "--split_sec 0" in out[0].value["message"]

@@ -1,13 +1,15 @@
 """Narration in the extraction job (--captions): each video's captions read, embedded with the text tower,
 and aligned with the video's clips (captions.align), into the `captions` table and three columns of `videos`.
 
-    requests -> ReadCaptions -> one row a caption -> EmbedCaptions (text tower, batched, no accelerator)
-    clip rows -> ClipsPerVideo ----------------------------------------------+
-    captions keyed (video_id, caption_index // SHARD_CAPTIONS) + the video's clips -> Align -> captions rows
+    requests -> ReadCaptions -> shards of SHARD_CAPTIONS captions -> EmbedCaptions (text tower, batched)
+    clip rows -> ClipsPerVideo -------------------------------------------------------+
+    embedded shards keyed (video_id, shard) + the video's clips -> Align -> captions rows
     per-video counts -> summed -> joined onto the videos rows
 
-No hot key: a video's captions are aligned in shards of SHARD_CAPTIONS, each shard given the video's
-clips (one small array a clip), so a video with thousands of captions is spread over workers. A video
+No hot key: a video's captions travel and are aligned in shards of SHARD_CAPTIONS, each shard given the
+video's clips (one small array a clip), so a video with thousands of captions is spread over workers.
+A shard is one element from reading to alignment: the steps' cost per caption is the text tower's and
+the rows' own (BENCHMARKS.md, "Captions"). A video
 whose captions cannot be read (or embedded) gets a row in `captions_failures` (stage `captions`); its
 clips and its row in `videos` are written as without captions. A video without captions is not an error.
 """
@@ -22,13 +24,12 @@ import numpy as np
 from captions.align import align
 from captions.sources import find_sidecar, read_captions_file, read_captions_table
 from transforms.inference import Embed, S3DModelHandler
-from transforms.records import FAILURES, TextItem, VideoRequest, failure_row
+from transforms.records import FAILURES, CaptionShard, VideoRequest, failure_row
 
 SHARD_CAPTIONS = 256  # captions aligned together; a video's clips are sent once per shard
 CAPTION_TABLES = ("captions", "captions_failures")
 COLUMN, SIDECAR = "column", "sidecar"
 CAPTION_FILES = (COLUMN, SIDECAR)  # --captions values that name files per video; anything else is a table
-_SEP = "\x1f"  # between the parts of a caption's text_id (video ids and URIs do not hold it)
 
 
 def caption_failure(request: VideoRequest, source: str, error: BaseException) -> dict[str, Any]:
@@ -64,27 +65,30 @@ def _from_table(joined, path: str):
             yield request, path, sorted(found, key=lambda c: (c.start_sec, c.end_sec))
 
 
-def _embed_failure(failed: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    """The captions of one video that the text tower failed on -> the video's one failure row."""
-    video_id, _, _, _, uri = failed[0][0].split(_SEP, 4)
-    first = failed[0][1]
-    return failure_row(video_id, uri, "captions", first["error_type"],
-                       f"{len(failed)} caption(s) failed in the text tower: {first['message']}"[:2000])
+def _embed_failure(failed) -> dict[str, Any]:
+    """(video_id, the failures of its shards the text tower failed on) -> the video's one failure row."""
+    video_id, shards = failed
+    shards = sorted(shards, key=lambda f: f["item"])
+    first = shards[0]
+    return failure_row(video_id, first["uri"], "captions", first["error_type"],
+                       f"{sum(f['captions'] for f in shards)} caption(s) failed in the text tower: "
+                       f"{first['message']}"[:2000])
 
 
-def _items(read) -> list[TextItem]:
-    """One TextItem a caption; its id carries what the caption row needs back after the text tower."""
+def _shards(read) -> list[CaptionShard]:
+    """A video's captions in shards of SHARD_CAPTIONS, each one element through the text tower and the join."""
     request, _, captions = read
-    return [TextItem(_SEP.join((request.video_id, str(i), repr(c.start_sec), repr(c.end_sec), request.uri)), c.text)
-            for i, c in enumerate(captions)]
+    return [CaptionShard(request.video_id, request.uri, s, at, tuple(captions[at:at + SHARD_CAPTIONS]))
+            for s, at in enumerate(range(0, len(captions), SHARD_CAPTIONS))]
 
 
-def _keyed_caption(row: dict[str, Any]):
-    video_id, index, start, end, uri = row["text_id"].split(_SEP, 4)
-    caption = {"video_id": video_id, "uri": uri, "caption_index": int(index), "start_sec": float(start),
-               "end_sec": float(end), "text": row["text"], "known_words": row["known_words"],
-               "no_known_words": row["no_known_words"], "text_embedding": row["text_embedding"]}
-    return (video_id, int(index) // SHARD_CAPTIONS), caption
+def _keyed_shard(embedded: dict[str, Any]):
+    """The text tower's shard -> ((video_id, shard), caption rows without the alignment)."""
+    video_id, uri = embedded["video_id"], embedded["uri"]
+    rows = [{"video_id": video_id, "uri": uri, "caption_index": int(r["text_id"]), "start_sec": r["start_sec"],
+             "end_sec": r["end_sec"], "text": r["text"], "known_words": r["known_words"],
+             "no_known_words": r["no_known_words"], "text_embedding": r["text_embedding"]} for r in embedded["rows"]]
+    return (video_id, embedded["shard"]), rows
 
 
 class _ClipsFn(beam.CombineFn):
@@ -112,7 +116,8 @@ def _clips_to_shards(joined):
 
 
 class AlignFn(beam.DoFn):
-    """((video_id, shard), {captions, clips}) -> caption rows, and ('counts', (video_id, (0, grounded, judged)))."""
+    """((video_id, shard), {captions: [the shard's rows], clips}) -> caption rows, and
+    ('counts', (video_id, (0, grounded, judged)))."""
 
     def __init__(self, window_sec: float):
         super().__init__()
@@ -120,7 +125,7 @@ class AlignFn(beam.DoFn):
 
     def process(self, joined):
         (video_id, _), grouped = joined
-        rows = sorted(grouped["captions"], key=lambda r: r["caption_index"])
+        rows = sorted((r for shard in grouped["captions"] for r in shard), key=lambda r: r["caption_index"])
         if not rows:
             return
         clips = grouped["clips"][0] if grouped["clips"] else []
@@ -165,11 +170,13 @@ class AlignCaptions(beam.PTransform):
     """{requests, clip_rows, videos} -> {captions, failures (stage captions), videos with the three columns}.
 
     `source`: 'column' (the manifest's captions column), 'sidecar' (beside each video), or the path of a
-    captions table (video_id or uri, start_sec, end_sec, text). `handler`: the text tower's.
+    captions table (video_id or uri, start_sec, end_sec, text). `handler`: the text tower's, task "captions".
     """
 
     def __init__(self, source: str, handler: S3DModelHandler, window_sec: float):
         super().__init__()
+        if handler.task != "captions":
+            raise ValueError(f"AlignCaptions needs a handler of task 'captions', got {handler.task!r}")
         self._source, self._handler, self._window = source, handler, window_sec
 
     def _read(self, requests):
@@ -194,12 +201,11 @@ class AlignCaptions(beam.PTransform):
                     | "Requests" >> beam.Values())
         read, read_failures = self._read(requests)
         read_counts = read | "CaptionsRead" >> beam.Map(lambda t: (t[0].video_id, (len(t[2]), 0, 0)))
-        embedded = read | "ToCaptionItems" >> beam.FlatMap(_items) | "EmbedCaptions" >> Embed(self._handler)
-        embed_failures = (embedded["failures"] | "FailedVideo" >> beam.Map(lambda kv: (kv[0].split(_SEP, 1)[0], kv))
-                          | "FailedPerVideo" >> beam.GroupByKey()
-                          | "EmbedFailures" >> beam.Map(lambda kv: _embed_failure(sorted(kv[1]))))
-        keyed = embedded["rows"] | "KeyCaption" >> beam.Map(_keyed_caption)
-        shards = (keyed | "Shards" >> beam.Map(lambda kv: kv[0]) | "DistinctShards" >> beam.Distinct())
+        embedded = read | "ToShards" >> beam.FlatMap(_shards) | "EmbedCaptions" >> Embed(self._handler)
+        embed_failures = (embedded["failures"] | "FailedPerVideo" >> beam.GroupByKey()
+                          | "EmbedFailures" >> beam.Map(_embed_failure))
+        keyed = embedded["rows"] | "KeyShard" >> beam.Map(_keyed_shard)
+        shards = keyed | "Shards" >> beam.Map(lambda kv: kv[0])  # one element a shard already
         clips = (inputs["clip_rows"]
                  | "KeyClip" >> beam.Map(lambda r: (r["video_id"], (r["clip_index"], r["start_sec"], r["end_sec"],
                                                                     r["video_embedding"])))

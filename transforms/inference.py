@@ -24,9 +24,9 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from s3d.loader import ModelLoadError, load_s3d  # TensorFlow itself is imported at load, on the worker
 from s3d.precision import check_precision
 from transforms.progress import ProgressLog
-from transforms.records import NAMESPACE, ClipItem, TextItem, check_worker_python, python_version
+from transforms.records import NAMESPACE, CaptionShard, ClipItem, TextItem, check_worker_python, python_version
 
-Task = Literal["video", "text"]
+Task = Literal["video", "text", "captions"]
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,11 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
     Args:
         model_handle: TF Hub URL, local directory or gs:// path of the module.
         task: "video" takes ClipItems and yields clip rows with `mixed_5c` and
-            `video_embedding`; "text" takes TextItems and yields rows with `text_embedding`.
-        min_batch_size, max_batch_size: passed to BatchElements.
+            `video_embedding`; "text" takes TextItems and yields rows with `text_embedding`;
+            "captions" takes CaptionShards and yields one {video_id, uri, shard, rows} a shard,
+            its rows those of "text" with each caption's index and times.
+        min_batch_size, max_batch_size: passed to BatchElements (for "captions", in captions: whole
+            shards are batched up to max_batch_size captions).
         large_model: share one model per machine across processes (GPU workers).
         model_copies: exact number of shared copies per machine (e.g. one per GPU).
         expect_gpus: GPUs the job asked for on the workers that run the model; loading
@@ -82,8 +85,8 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
         expect_gpus: int = 0,
         precision: str = "float32",
     ):
-        if task not in ("video", "text"):
-            raise ValueError(f"task must be 'video' or 'text', got {task!r}")
+        if task not in ("video", "text", "captions"):
+            raise ValueError(f"task must be 'video', 'text' or 'captions', got {task!r}")
         if not 1 <= min_batch_size <= max_batch_size:
             raise ValueError(f"need 1 <= min_batch_size <= max_batch_size, got {min_batch_size} and {max_batch_size}")
         if model_copies is not None and model_copies < 1:
@@ -94,6 +97,8 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
             max_batch_size=max_batch_size,
             large_model=large_model,
             model_copies=model_copies,
+            # BatchElements counts a batch's size in element_size_fn's units: captions, for shards of them.
+            **({"element_size_fn": _shard_size} if task == "captions" else {}),
         )
         self._handle = model_handle
         self._task = task
@@ -101,6 +106,10 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
         self._expect_gpus = expect_gpus
         self._precision = precision
         self._launcher_python = python_version()
+
+    @property
+    def task(self) -> str:
+        return self._task
 
     def load_model(self):
         check_worker_python(self._launcher_python)
@@ -124,6 +133,8 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
             rows = self._embed_clips(batch, model)
             self._progress.add("clips", len(rows))
             return rows
+        if self._task == "captions":
+            return self._embed_shards(batch, model)
         return self._embed_texts(batch, model)
 
     @staticmethod
@@ -152,13 +163,30 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
             for i, item in enumerate(batch)
         ]
 
+    @classmethod
+    def _embed_shards(cls, batch: Sequence[CaptionShard], model) -> list[dict]:
+        items = [TextItem(str(shard.first_index + i), c.text) for shard in batch for i, c in enumerate(shard.captions)]
+        rows = iter(cls._embed_texts(items, model))  # one call of the text tower for the whole batch
+        out = []
+        for shard in batch:
+            captions = [{**next(rows), "start_sec": c.start_sec, "end_sec": c.end_sec} for c in shard.captions]
+            out.append({"video_id": shard.video_id, "uri": shard.uri, "shard": shard.shard, "rows": captions})
+        return out
+
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
         if self._task == "video":
             return sum(item.frames.nbytes for item in batch)
+        if self._task == "captions":
+            return sum(len(c.text.encode("utf-8")) for shard in batch for c in shard.captions)
         return sum(len(item.text.encode("utf-8")) for item in batch)
 
     def get_metrics_namespace(self) -> str:
         return f"{NAMESPACE}_{self._task}"
+
+
+def _shard_size(shard: CaptionShard) -> int:
+    """A shard's weight in a batch of captions: its captions."""
+    return len(shard.captions)
 
 
 def _failed_batch_rows(failed) -> Iterable[tuple[str, dict]]:
@@ -171,8 +199,13 @@ def _failed_batch_rows(failed) -> Iterable[tuple[str, dict]]:
         error_type, message = type(error).__name__, str(error)
     Metrics.counter(NAMESPACE, "inference_failed_elements").inc(len(batch))
     for item in batch:
-        key = item.video_id if isinstance(item, ClipItem) else item.text_id
-        yield key, {"error_type": error_type, "message": message[:2000], "item": getattr(item, "clip_index", None)}
+        if isinstance(item, TextItem):
+            yield item.text_id, {"error_type": error_type, "message": message[:2000], "item": None}
+        elif isinstance(item, CaptionShard):
+            yield item.video_id, {"error_type": error_type, "message": message[:2000], "item": item.shard,
+                                  "uri": item.uri, "captions": len(item.captions)}
+        else:
+            yield item.video_id, {"error_type": error_type, "message": message[:2000], "item": item.clip_index}
 
 
 class Embed(beam.PTransform):

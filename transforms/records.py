@@ -108,6 +108,17 @@ class TextItem(NamedTuple):
     text: str
 
 
+class CaptionShard(NamedTuple):
+    """Up to a shard's worth of one video's captions, embedded and aligned together (transforms.captions):
+    one element for a few hundred captions, not one a caption."""
+
+    video_id: str
+    uri: str
+    shard: int
+    first_index: int  # the first caption's index in the video's captions
+    captions: tuple  # captions.parse.Caption: start_sec, end_sec, text
+
+
 def failure_row(
     video_id: str,
     uri: str,
