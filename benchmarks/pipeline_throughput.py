@@ -37,6 +37,7 @@ def main() -> None:
         "clips": clips,
         "videos": summary["counts"]["videos_ok"],
         "failed": summary["counts"]["videos_failed"],
+        "captions": summary["counts"].get("captions", 0),
         "wall_seconds": wall,
         "model_load_seconds": load,
         "clips_per_s": clips / wall,

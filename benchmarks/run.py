@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import psutil
 
-from benchmarks import chunk_soak
+from benchmarks import captions_cost, chunk_soak
 from benchmarks.model_throughput import VARIANTS
 
 BENCH_CACHE = os.path.join(".cache", "bench")  # generated source videos, kept between runs
@@ -736,6 +736,7 @@ SECTIONS: dict[str, Callable[..., str]] = {
     "search": search_section, "ann": ann_section, "index": index_section,
     "shuffle": shuffle_section, "precision": precision_section, "isolation": isolation_section,
     "launch": launch_section, "soak": lambda model, log: chunk_soak.section(model, log), "http": http_section,
+    "captions": lambda model, log: captions_cost.section(model, log),
 }
 
 
@@ -784,7 +785,7 @@ def replace_sections(text: str, parts: list[str], note: str) -> str:
     """`text` (a BENCHMARKS.md) with the sections of the same `## ` heading replaced by `parts` (new ones appended),
     and `note` added below the first paragraph."""
     blocks = re.split(r"(?m)^(?=## )", text)
-    head, sections = blocks[0], blocks[1:]
+    head, sections = blocks[0], [b.rstrip("\n") + "\n\n" for b in blocks[1:]]
     for part in parts:
         heading = part.splitlines()[0]
         at = next((i for i, b in enumerate(sections) if b.splitlines()[0] == heading), None)
