@@ -52,7 +52,7 @@ def write_vtt(path: str, count: int, seconds: float) -> None:
 def corpus_with_captions(cache: str, cues: int) -> tuple[str, int]:
     """The end-to-end corpus's videos as links in a folder of their own, each with a sidecar .vtt of `cues`.
     Returns (the input glob, the number of videos)."""
-    from benchmarks.run import e2e_corpus
+    from benchmarks.common import e2e_corpus
 
     source, corpus = e2e_corpus()
     folder = os.path.join(cache, f"corpus_captions_{cues}")
@@ -75,7 +75,7 @@ CONFIGS = {  # name -> (cues in each video's sidecar .vtt, None: no .vtt; extra 
 
 
 def section(model: str, log: Callable[[str], None]) -> str:
-    from benchmarks.run import BENCH_CACHE, e2e_corpus, run_json
+    from benchmarks.common import BENCH_CACHE, e2e_corpus, run_json
 
     folders = {None: os.path.join(e2e_corpus()[1], "*.avi")}
     for cues, _ in CONFIGS.values():

@@ -184,7 +184,7 @@ if __name__ == "__main__":
 
 def section(model: str, log) -> str:
     """The BENCHMARKS.md section (benchmarks.run --only soak)."""
-    from benchmarks.run import BENCH_CACHE, run_json
+    from benchmarks.common import BENCH_CACHE, run_json
 
     log("soak: 5,000 videos, chunks of 1,000, against one run; then killed at ~60% and resumed")
     r = run_json(["benchmarks.chunk_soak", "--model", model, "--videos", "5000", "--chunk_videos", "1000",

@@ -7,7 +7,7 @@
 `ffmpeg -i SRC -vf fps=10,crop=S:S,scale=224:224 -pix_fmt rgb24 -f rawvideo -` and compares
 them byte for byte. `split` runs the extraction job on two worker processes and samples
 their CPU time every 0.25 s, to tell how long one worker ran alone while the other waited. Each prints
-one JSON line. The timed runs themselves are in benchmarks.run (subprocesses, alternated).
+one JSON line. The timed runs themselves are in `split_section` (subprocesses, alternated).
 """
 
 from __future__ import annotations
@@ -19,10 +19,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import av
 import numpy as np
 import psutil
+
+from benchmarks.common import BENCH_CACHE, run_json
 
 SAMPLE_SEC = 0.25
 BUSY = 0.5  # a worker is busy in an interval where it used at least half a core
@@ -115,6 +118,52 @@ def split_run(model: str, input_glob: str, output_prefix: str, split_sec: float)
     return {"split_sec": split_sec, "wall_seconds": wall, "last_worker_alone_seconds": max(0.0, alone),
             "clips": counts["clips"], "videos_split": counts.get("videos_split", 0),
             "video_parts": counts.get("video_parts", 0), "long_decoded_frames": longest["decoded_frames"]}
+
+
+def split_section(model: str, log: Callable[[str], None]) -> str:
+    from benchmarks.decode_throughput import make_source
+
+    corpus = os.path.join(BENCH_CACHE, "split_corpus")
+    os.makedirs(corpus, exist_ok=True)
+    inputs = {"long.mp4": make_source("360p_h264_4min", BENCH_CACHE)}
+    inputs.update({f"short{i}.avi": make_source("480p_mpeg4_30s", BENCH_CACHE) for i in range(4)})
+    for name, target in inputs.items():
+        link = os.path.join(corpus, name)
+        if not os.path.lexists(link):
+            os.symlink(os.path.abspath(target), link)
+    runs: dict[str, list[dict]] = {"60": [], "0": []}
+    for round_ in range(2):
+        for split in runs:
+            log(f"split: --split_sec {split}, round {round_ + 1}")
+            runs[split].append(run_json(["benchmarks.decode_less", "split", "--model", model,
+                                         "--input", os.path.join(corpus, "*"),
+                                         "--output_prefix", os.path.join(BENCH_CACHE, f"out_split_{split}"),
+                                         "--split_sec", split]))
+    lines = [
+        "## Splitting long videos over workers",
+        "",
+        "The extraction job (stand-in model, 10 fps, 32-frame clips, 224x224) on one 4-minute 360p h264 video and "
+        "four 30 s 480p videos, on the local runner with 2 worker processes (`--direct_running_mode "
+        "multi_processing --direct_num_workers 2`). One worker alone: the time, once both had started, that exactly "
+        "one worker process was busy (each one's CPU time sampled every 0.25 s; busy: half a core or more) while "
+        "the other waited for it. Alternated, 2 rounds each.",
+        "",
+        "| --split_sec | round | clips | parts | wall s | one worker alone s | long video's decoded frames |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for split, results in runs.items():
+        for i, r in enumerate(results):
+            lines.append(f"| {split}{' (off)' if split == '0' else ''} | {i + 1} | {r['clips']} | "
+                         f"{r['video_parts'] or '-'} | {r['wall_seconds']:.1f} | {r['last_worker_alone_seconds']:.1f} | "
+                         f"{r['long_decoded_frames']} |")
+    on = sorted(r["wall_seconds"] for r in runs["60"])[0]
+    off = sorted(r["wall_seconds"] for r in runs["0"])[0]
+    parts = runs["60"][0]["video_parts"]
+    extra = runs["60"][0]["long_decoded_frames"] - runs["0"][0]["long_decoded_frames"]
+    lines += ["", f"Best wall time split / unsplit: {on / off:.2f}. What a part costs: the header read, and "
+              f"{extra / max(parts - 1, 1):.0f} more decoded frames per extra part (each part decodes from the "
+              "keyframe before it; a keyframe every 2 s at 30 fps here)."]
+    return "\n".join(lines)
 
 
 def main() -> None:

@@ -14,8 +14,10 @@ import json
 import os
 import resource
 import time
+from collections.abc import Callable
 
 import s3d  # noqa: F401  (the project's TensorFlow defaults, oneDNN on, set before main imports TensorFlow)
+from benchmarks.common import run_json
 
 GFLOP_PER_CLIP = 72.7  # docs/model.md, "Compute": TensorFlow's profiler on the video signature, 1x32x224x224
 
@@ -29,6 +31,43 @@ VARIANTS = {
     "loaded_1_thread_pools": "the same with inter_op=1, intra_op=2 threads",
     "inproc": "network built in-process from the same parameters, not through a SavedModel",
 }
+
+
+PEER_CLIPS_PER_S = 0.88  # the authors' PyTorch port, batch 1, on a 2-core machine of this kind
+
+
+def model_section(model: str, log: Callable[[str], None]) -> str:
+    rows = []
+    for batch in (1, 4, 8):
+        log(f"model: loaded, batch {batch}")
+        rows.append(run_json(["benchmarks.model_throughput", "--model", model, "--batch", str(batch)]))
+    variants = []
+    for variant in sorted(VARIANTS):
+        log(f"model: variant {variant}, batch 1")
+        variants.append(run_json(["benchmarks.model_throughput", "--model", model, "--batch", "1", "--variant", variant]))
+    base = next(v for v in variants if v["variant"] == "loaded")["clips_per_s"]
+
+    lines = [
+        "## Model only (S3D video tower, T=32, 224x224, float32, CPU)",
+        "",
+        "| batch | clips/s | GFLOP/s (72.7 GFLOP/clip) | peak RSS (MB) | vs PyTorch port (0.88 clips/s at batch 1) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['batch']} | {r['clips_per_s']:.2f} | {r['gflop_per_s']:.0f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['clips_per_s'] / PEER_CLIPS_PER_S:.2f}x |"
+        )
+    lines += [
+        "",
+        "What TensorFlow offers, at batch 1, each in its own process (ratio to `loaded` in the same run):",
+        "",
+        "| variant | what | clips/s | ratio |",
+        "| --- | --- | --- | --- |",
+    ]
+    for v in variants:
+        lines.append(f"| {v['variant']} | {VARIANTS[v['variant']]} | {v['clips_per_s']:.2f} | {v['clips_per_s'] / base:.2f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:

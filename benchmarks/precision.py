@@ -17,9 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
+
+from benchmarks.common import BENCH_CACHE, run_json
 
 TEXT_QUERIES = [f"{who} {what}" for who in ("a person", "a dog", "the chef", "two children")
                 for what in ("cutting an apple", "running on grass", "playing guitar", "driving a car",
@@ -114,6 +119,96 @@ def speeds(variants: dict[str, object], clips: np.ndarray, rounds: int, seconds:
                 calls += 1
             runs[name].append(calls * len(batch) / (time.perf_counter() - start))
     return {name: float(np.median(v)) for name, v in runs.items()}
+
+
+def converted_checkpoint(directory: str) -> str | None:
+    """A random PyTorch S3D saved in the authors' checkpoint layout and converted (s3d.convert); None without torch."""
+    output = os.path.join(directory, "converted")
+    if os.path.exists(os.path.join(output, "saved_model.pb")):
+        return output
+    try:
+        import torch
+    except ImportError:
+        return None
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+    from torch_reference import S3D, randomized
+
+    from s3d.convert import convert
+    from s3d.vocab import synthetic_vocabulary
+
+    words = synthetic_vocabulary(600)
+    torch.manual_seed(0)
+    os.makedirs(directory, exist_ok=True)
+    checkpoint, vocab = os.path.join(directory, "s3d_howto100m.pth"), os.path.join(directory, "s3d_dict.npy")
+    torch.save(randomized(S3D(words), seed=0).state_dict(), checkpoint)
+    np.save(vocab, np.array(words, dtype=object), allow_pickle=True)
+    convert(checkpoint, vocab, output)
+    return output
+
+
+def precision_section(model: str, log: Callable[[str], None]) -> str:
+    log("precision: stand-in, every variant alternated in one process")
+    r = run_json(["benchmarks.precision", "--model", model])
+    others = {}
+    for seed in (2000, 3000):  # other corpora: the top-10 agreement of 24 queries over 48 clips is noisy
+        log(f"precision: stand-in, corpus of seed {seed}, deviation only")
+        others[seed] = run_json(["benchmarks.precision", "--model", model, "--no_speed", "--seed", str(seed)])
+    log("precision: converted checkpoint (random weights, authors' layout), deviation only")
+    converted = converted_checkpoint(os.path.join(BENCH_CACHE, "checkpoint"))
+    c = run_json(["benchmarks.precision", "--model", converted, "--no_speed"]) if converted else None
+
+    def dev(row, key):
+        d = row["deviation"][key]
+        return f"{d['mean']:.4f} / {d['min']:.4f}"
+
+    lines = [
+        "## Precision (video tower, T=32, 224x224, batch 4, CPU)",
+        "",
+        "`python -m benchmarks.precision`: every variant loaded in one process and timed in alternation "
+        f"(3 rounds, median). Deviation on {r['clips']} natural-looking clips (smooth moving patterns) fed as "
+        "uint8, as the job feeds them: cosine to float32's, mean / min. Top-10: for "
+        f"{r['queries']} text queries over {r['corpus']} clips, the share of each query's top-10 clips that "
+        "float32 also ranks in its top-10, averaged over the queries, on three corpora (seeds 1000, 2000, "
+        "3000; the speed run uses the first). `bfloat16` is what `--precision bfloat16` runs; the other rows "
+        "keep another number of convolutions from the images in float32 (`s3d.precision.keep_float32`).",
+        "",
+        "| variant | ops lowered | clips/s | vs float32 | video_embedding cosine | mixed_5c cosine "
+        "| top-10 (3 corpora) | top-10 mean |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in r["variants"].items():
+        tops = [row["top10_overlap"]["mean"]] + [o["variants"][name]["top10_overlap"]["mean"] for o in others.values()]
+        lines.append(f"| {name} | {row['lowered_ops']} | {row['clips_per_s']:.2f} | {row['ratio']:.2f}x | "
+                     f"{dev(row, 'video_embedding')} | {dev(row, 'mixed_5c')} | "
+                     f"{' / '.join(f'{t:.3f}' for t in tops)} | {sum(tops) / len(tops):.3f} |")
+    lines += [
+        "",
+        f"The text tower stays float32: it embeds {r['text_sentences_per_s']:.0f} sentences/s here, against "
+        f"{r['variants']['float32']['clips_per_s']:.2f} clips/s for the video tower, so lowering it would save "
+        "nothing measurable.",
+        "",
+        "float16 is for GPUs; on this CPU the float16 rewrite changes nothing (it only rewrites ops placed "
+        "on a GPU with tensor cores), so it is not in the table. See docs/scale.md.",
+    ]
+    if c:
+        b = c["variants"]["bfloat16"]
+        spread = c["clip_to_clip_cosine"]["mean"]
+        lines += [
+            "",
+            "A converted checkpoint in the authors' layout with random weights and BatchNorm statistics (not "
+            "calibrated like the stand-in's), `--precision bfloat16` as shipped: video_embedding cosine to "
+            f"float32 {dev(b, 'video_embedding')}, mixed_5c {dev(b, 'mixed_5c')}; top-10 agreement "
+            f"{b['top10_overlap']['mean']:.3f} (worst query {b['top10_overlap']['min']:.1f}). Random BatchNorm "
+            "statistics map every clip to nearly the same embedding (different clips' float32 embeddings are at "
+            f"cosine {spread:.5f} to each other), so the cosine to float32 says little and the top-10 order is "
+            "decided by differences of the size of the rounding. It is the hard case, reported without a bar; "
+            "a trained checkpoint cannot be measured here (no trained weights on these machines).",
+        ]
+    else:
+        lines += ["", "The converted-checkpoint row needs PyTorch (`pip install -e '.[convert]'`); it was not run."]
+    return "\n".join(lines)
 
 
 def main() -> None:

@@ -15,8 +15,34 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
+
+from benchmarks.common import run_json
+
+
+def shuffle_section(model: str, log: Callable[[str], None]) -> str:
+    log("shuffle: coder round trip vs model time per clip")
+    r = run_json(["benchmarks.shuffle_cost", "--model", model])
+    clips_per_1000_hours = 1000 * 3600 * 10 / 32  # 10 fps, 32-frame clips
+    terabytes = r["bytes_per_clip"] * clips_per_1000_hours / 1e12
+    return "\n".join([
+        "## The fusion break before GPU inference (`--inference_accelerator`)",
+        "",
+        "Clips cross a Reshuffle from the CPU workers that decode to the GPU workers that embed "
+        "(T=32, 224x224 uint8). Per clip, in one process, alternated round by round (median of 5):",
+        "",
+        "| what | per clip |",
+        "| --- | --- |",
+        f"| bytes shuffled ({r['coder']}) | {r['bytes_per_clip'] / 1e6:.2f} MB (raw frames {r['raw_bytes_per_clip'] / 1e6:.2f} MB) |",
+        f"| encode + decode, CPU | {r['coder_ms_per_clip']:.1f} ms |",
+        f"| model on this CPU, batch {r['batch']} | {r['model_ms_per_clip']:.0f} ms |",
+        "",
+        f"Serialization is {r['coder_ms_per_clip'] / r['model_ms_per_clip']:.3f} of the CPU model time per clip; "
+        f"the real cost is the volume: {terabytes:.1f} TB shuffled per 1,000 hours of video at 10 fps "
+        f"({clips_per_1000_hours:,.0f} clips). See docs/scale.md.",
+    ])
 
 
 def main() -> None:

@@ -15,6 +15,9 @@ import logging
 
 from s3d.quiet import set_up_console
 
+# The packages whose INFO lines a command shows by default: this project's.
+OWN_LOGGERS = ("pipeline", "transforms", "s3d", "decoder", "benchmarks")
+
 # Beam's Dataflow client logs "Created job with id: [ID]" at INFO. Airflow's Beam and Dataflow
 # hooks find the job by that line in the launcher's output (their JOB_ID_PATTERN): without it a
 # killed task does not cancel the job and no job link is saved. It stays at INFO.
@@ -65,8 +68,9 @@ def _parse_log_entry(text: str) -> tuple[str, str] | None:
 
 
 def configure_logging(level: str | None = None) -> None:
-    """The console of a job's launcher (see the module docstring); call before TensorFlow loads."""
-    set_up_console(level)
+    """The console of a command of this package, a job's launcher included (see the module docstring);
+    call before TensorFlow loads."""
+    set_up_console(level, OWN_LOGGERS)
     verbose = level in ("info", "debug")
     logging.getLogger("apache_beam").setLevel(logging.DEBUG if level == "debug" else
                                               logging.INFO if verbose else logging.WARNING)

@@ -43,7 +43,8 @@ import numpy as np
 
 from decoder import DecodeOptions, VideoError
 from decoder.process import DecoderProcess
-from s3d.quiet import add_log_level_arguments, set_up_console
+from pipeline.console import configure_logging
+from s3d.quiet import add_log_level_arguments
 from storage.paths import is_local, opener_for
 
 log = logging.getLogger(__name__)
@@ -322,7 +323,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    set_up_console(args.log_level)  # before TensorFlow loads
+    configure_logging(args.log_level)  # before TensorFlow loads
     protocol = Protocol(args.num_windows, args.num_frames, args.fps, args.size)
     try:
         if protocol.num_windows < 1:

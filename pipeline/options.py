@@ -22,9 +22,11 @@ from s3d.quiet import add_log_level_arguments
 from storage.http import HttpSettings, default_user_agent
 from storage.lease import SETTLE_SEC
 from transforms.captions import CAPTION_FILES
-from transforms.inference import S3DModelHandler
+from transforms.decode import check_decode_args
+from transforms.inference import S3DModelHandler, check_batch_sizes
 from transforms.inputs import Columns
 from transforms.progress import ProgressLog
+from transforms.split import check_split_sec
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +149,7 @@ class ModelOptions(PipelineOptions):
     def validate_model(self) -> None:
         if not self.model:
             raise ValueError("--model must name a TF Hub URL or a SavedModel path")
-        if self.batch_size < 1:
-            raise ValueError(f"--batch_size must be >= 1, got {self.batch_size}")
-        if not 1 <= self.min_batch_size <= self.batch_size:
-            raise ValueError(f"--min_batch_size must be between 1 and --batch_size ({self.batch_size}), got {self.min_batch_size}")
+        check_batch_sizes(self.min_batch_size, self.batch_size)
         if self.model_copies is not None and self.model_copies < 1:
             raise ValueError(f"--model_copies must be >= 1, got {self.model_copies}")
         whole_job = worker_accelerator(self)
@@ -407,22 +406,16 @@ class ExtractOptions(PipelineOptions):
             raise ValueError(f"--http_spool_limit_mb must be >= 0, got {self.http_spool_limit_mb}")
         if not all((self.uri_column, self.id_column, self.start_column, self.end_column)):
             raise ValueError("--uri_column, --id_column, --start_column and --end_column must not be empty")
-        if self.io_retries is None or self.io_retries < 0:
-            raise ValueError(f"--io_retries must be >= 0, got {self.io_retries}")
-        if self.io_retry_backoff_sec is None or self.io_retry_backoff_sec < 0:
-            raise ValueError(f"--io_retry_backoff_sec must be >= 0, got {self.io_retry_backoff_sec}")
+        check_decode_args(self.decode_prefetch, self.io_retries, self.io_retry_backoff_sec)
         if (self.retry_stages or self.retry_errors) and not self.retry_failures:
             raise ValueError("--retry_stages and --retry_errors go with --retry_failures")
-        if self.split_sec is None or not self.split_sec >= 0:
-            raise ValueError(f"--split_sec must be >= 0 (0 turns splitting off), got {self.split_sec}")
+        check_split_sec(self.split_sec)
         if self.align_window_sec is None or not self.align_window_sec >= 0:
             raise ValueError(f"--align_window_sec must be >= 0, got {self.align_window_sec}")
         if self.captions and self.captions not in CAPTION_FILES and \
                 not self.captions.lower().endswith((".parquet", ".csv", ".jsonl", ".json")):
             raise ValueError(f"--captions is 'column', 'sidecar' or a .parquet, .csv or .jsonl table, got "
                              f"{self.captions!r}")
-        if self.decode_prefetch is None or self.decode_prefetch < 0:
-            raise ValueError(f"--decode_prefetch must be >= 0, got {self.decode_prefetch}")
         if self.chunk_videos is None or self.chunk_videos < 0:
             raise ValueError(f"--chunk_videos must be >= 0 (0: one run, no chunks), got {self.chunk_videos}")
         if self.parallel_chunks is None or self.parallel_chunks < 1:

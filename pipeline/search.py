@@ -27,13 +27,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
+from pipeline.console import configure_logging
 from s3d.loader import ModelLoadError
-from s3d.quiet import add_log_level_arguments, set_up_console
+from s3d.quiet import add_log_level_arguments
 from storage.layout import EMBEDDING, LEVEL_COLUMNS, LEVEL_TABLE, table_files
 from storage.objects import open_parquet
 from storage.runs import RunError, check_complete, level_files, read_run_metadata, shared_metadata, split_prefixes
 from vector_index import IndexProblem, read_manifest
-from vector_index.searcher import IndexSearcher
+from vector_index.searcher import Hits, IndexSearcher
 
 
 class SearchError(ValueError):
@@ -81,7 +82,7 @@ def texts_queries(prefix: str) -> Queries:
                    table.column("known_words").to_pylist(), models.pop())
 
 
-class TopK:
+class _TopK:
     """The best k rows per query seen so far: their scores and where they are (file, row group, row)."""
 
     def __init__(self, num_queries: int, k: int):
@@ -141,7 +142,7 @@ def _row_groups(files: Sequence[str]) -> Iterator[tuple[int, str, pq.FileMetaDat
             yield f, path, footer, i
 
 
-def search(files: Sequence[str], queries: np.ndarray, level: str, k: int, threads: int | None = None) -> TopK:
+def search(files: Sequence[str], queries: np.ndarray, level: str, k: int, threads: int | None = None) -> Hits:
     """Top k rows per query over all row groups of `files`, in parallel, in bounded memory.
 
     Two passes: the embedding column of every row group is scored on a thread pool
@@ -150,7 +151,7 @@ def search(files: Sequence[str], queries: np.ndarray, level: str, k: int, thread
     """
     if k < 1:
         raise SearchError(f"--top_k must be >= 1, got {k}")
-    top = TopK(queries.shape[0], k)
+    top = _TopK(queries.shape[0], k)
     workers = threads or os.cpu_count() or 1
     # One BLAS thread per worker: the workers already use every core, and OpenBLAS's own
     # threads would fight them (measured: 1.3 to 1.5x slower with its default).
@@ -165,10 +166,11 @@ def search(files: Sequence[str], queries: np.ndarray, level: str, k: int, thread
             for q, (scores, keys) in enumerate(future.result()):
                 top.offer(q, scores, keys)
     top.resolve(files, LEVEL_COLUMNS[level])
-    return top
+    return Hits(top.scores, top.rows)
 
 
-def ranking_rows(queries: Queries, top: TopK, level: str) -> list[dict]:
+def ranking_rows(queries: Queries, top: Hits, level: str) -> list[dict]:
+    """One row a (query, hit), ranks from 1: exact search's and the index's results alike."""
     rows = []
     for q, (qid, text) in enumerate(zip(queries.ids, queries.texts, strict=True)):
         for rank, (score, row) in enumerate(zip(top.scores[q], top.rows[q], strict=True), start=1):
@@ -266,7 +268,7 @@ def _queries(args, made_with: str | None) -> Queries:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    set_up_console(args.log_level)  # before TensorFlow loads
+    configure_logging(args.log_level)  # before TensorFlow loads
     searcher = None
     try:
         searcher, level, files, meta = _source(args)

@@ -9,9 +9,11 @@ its devices, then writes back everything but those known lines. The CUDA lines a
 dropped only where no NVIDIA driver is installed: on a GPU machine they are real news.
 S3D_TF_STARTUP_LOGS=1 keeps them all.
 
-Every entry point takes --log_level (or -v) and calls `set_up_console` before TensorFlow
-is imported: by default the project's own INFO lines and everyone's warnings; `info` and
-`debug` bring back TensorFlow's start-up lines and Beam's INFO chatter.
+Every entry point takes --log_level (or -v) and sets up its console before TensorFlow is
+imported: by default its own packages' INFO lines and everyone's warnings; `info` and `debug`
+bring back TensorFlow's start-up lines. `set_up_console` is that set-up for this package's
+commands; the jobs' (pipeline.console.configure_logging) builds on it, naming the project's
+packages and quieting Beam.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import re
 import sys
 import tempfile
 import warnings
+from collections.abc import Sequence
 from types import ModuleType
 
 # Each pattern matches a line's start; the rest of that line goes with it.
@@ -104,7 +107,6 @@ def import_tensorflow_hub() -> ModuleType:
 # ---- the command line's log level ----------------------------------------------------------------
 
 LOG_LEVELS = ("warning", "info", "debug")
-OWN_LOGGERS = ("pipeline", "transforms", "s3d", "decoder", "benchmarks")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -119,9 +121,10 @@ def add_log_level_arguments(parser) -> None:
                         help="the same as --log_level info")
 
 
-def set_up_console(level: str | None) -> None:
+def set_up_console(level: str | None, own_loggers: Sequence[str] = ("s3d",)) -> None:
     """Logging and TensorFlow's C++ log level for a command-line run; call before TensorFlow loads.
 
+    `own_loggers`: the packages whose INFO lines show by default (the command's, and those below it).
     The environment carries the choice to the processes the run starts (Beam's worker processes).
     """
     if level not in (None, *LOG_LEVELS):
@@ -134,5 +137,5 @@ def set_up_console(level: str | None) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's C++ INFO lines off, warnings on
     root = {None: logging.WARNING, "warning": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG}[level]
     logging.basicConfig(level=root, format=LOG_FORMAT, force=True)
-    for name in OWN_LOGGERS:
+    for name in own_loggers:
         logging.getLogger(name).setLevel(logging.INFO if level is None else root)

@@ -12,6 +12,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from s3d.architecture import EMBEDDING_DIM, MIXED_5C_DIM
+from transforms.progress import count_failed_video
 from transforms.records import FAILURES, NAMESPACE, failure_row
 
 
@@ -50,7 +51,7 @@ class _AssembleFn(beam.DoFn):
     def _assemble(video_id: str, info: dict, mean, failed: list[dict]):
         embedded = mean[2] if mean else 0
         if failed:
-            Metrics.counter(NAMESPACE, "videos_failed_inference").inc()
+            count_failed_video("inference")
             first = failed[0]
             return beam.pvalue.TaggedOutput(
                 FAILURES,
@@ -59,7 +60,7 @@ class _AssembleFn(beam.DoFn):
                             clips_kept=embedded, segment=(info.get("segment_start_sec"), info.get("segment_end_sec"))),
             )
         if embedded != info["num_clips"]:
-            Metrics.counter(NAMESPACE, "videos_failed_assemble").inc()
+            count_failed_video("assemble")
             return beam.pvalue.TaggedOutput(
                 FAILURES,
                 failure_row(video_id, info["uri"], "assemble", "ClipCountMismatch",

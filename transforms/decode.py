@@ -18,7 +18,7 @@ from apache_beam.metrics import Metrics
 from decoder import DecodeOptions, VideoError
 from decoder.process import DecoderProcess
 from storage.objects import open_object
-from transforms.progress import ProgressLog
+from transforms.progress import ProgressLog, count_failed_video
 from transforms.records import (
     FAILURES,
     NAMESPACE,
@@ -29,7 +29,7 @@ from transforms.records import (
     python_version,
     video_row,
 )
-from transforms.split import INFO, PARTS, JoinParts, part_of, part_record
+from transforms.split import INFO, PARTS, JoinParts, part_record
 
 _PROGRESS_EVERY_SEC = 30.0
 
@@ -80,14 +80,13 @@ class DecodeClipsFn(beam.DoFn):
         if request.part is not None:  # JoinParts counts the video
             return beam.pvalue.TaggedOutput(PARTS, part_record(request, reader.first_target, clips_kept, failure=row))
         self._progress.add("video")  # done, as a failure (the failures step counts it as one)
-        Metrics.counter(NAMESPACE, f"videos_failed_{stage}").inc()
-        Metrics.counter(NAMESPACE, f"error_{error_type}").inc()
+        count_failed_video(stage, error_type)
         return beam.pvalue.TaggedOutput(FAILURES, row)
 
     def process(self, request: VideoRequest):
         start = time.monotonic()
         emitted = 0
-        part = part_of(request)
+        part = request.part
         for attempt in range(self._io_retries + 1):
             reader = self._decoder.reader(request.uri, self._options, request.start_sec, request.end_sec,
                                           opener=open_object, part=part.reader_part(self._options) if part else None)
@@ -137,6 +136,14 @@ class DecodeClipsFn(beam.DoFn):
             log.info("decoded %d videos, %d clips in this worker (%.2f clips/s)", self._done, self._clip_total, rate)
 
 
+def check_decode_args(prefetch: int | None, io_retries: int | None, backoff_sec: float | None) -> None:
+    """The one check of --decode_prefetch, --io_retries and --io_retry_backoff_sec. Raises ValueError naming the flag."""
+    for flag, value in (("--decode_prefetch", prefetch), ("--io_retries", io_retries),
+                        ("--io_retry_backoff_sec", backoff_sec)):
+        if value is None or value < 0:
+            raise ValueError(f"{flag} must be >= 0, got {value}")
+
+
 class DecodeClips(beam.PTransform):
     """PCollection[VideoRequest] -> {clips, info, failures}."""
 
@@ -144,10 +151,7 @@ class DecodeClips(beam.PTransform):
                  progress: ProgressLog | None = None):
         super().__init__()
         # `options` validated itself when it was built (once, by the job's entry point).
-        if prefetch < 0:
-            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
-        if io_retries < 0:
-            raise ValueError(f"io_retries must be >= 0, got {io_retries}")
+        check_decode_args(prefetch, io_retries, backoff_sec)
         self._options, self._progress = options, progress
         self._fn = DecodeClipsFn(options, prefetch, io_retries, backoff_sec, progress)
 

@@ -52,6 +52,14 @@ def load_once(handle: str, precision: str):
         return model
 
 
+def check_batch_sizes(min_batch_size: int | None, batch_size: int | None) -> None:
+    """The one check of the batch sizes (the flags' and the handler's). Raises ValueError naming the flag."""
+    if batch_size is None or batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1, got {batch_size}")
+    if min_batch_size is None or not 1 <= min_batch_size <= batch_size:
+        raise ValueError(f"--min_batch_size must be between 1 and --batch_size ({batch_size}), got {min_batch_size}")
+
+
 class S3DModelHandler(ModelHandler[Any, dict, Any]):
     """Loads an S3D MIL-NCE model once per worker (or per shared copy) and embeds batches.
 
@@ -87,8 +95,7 @@ class S3DModelHandler(ModelHandler[Any, dict, Any]):
     ):
         if task not in ("video", "text", "captions"):
             raise ValueError(f"task must be 'video', 'text' or 'captions', got {task!r}")
-        if not 1 <= min_batch_size <= max_batch_size:
-            raise ValueError(f"need 1 <= min_batch_size <= max_batch_size, got {min_batch_size} and {max_batch_size}")
+        check_batch_sizes(min_batch_size, max_batch_size)
         if model_copies is not None and model_copies < 1:
             raise ValueError(f"model_copies must be >= 1, got {model_copies}")
         check_precision(precision)

@@ -20,6 +20,14 @@ from apache_beam.metrics import Metrics
 from transforms.records import NAMESPACE
 
 
+def count_failed_video(stage: str, error_type: str | None = None) -> None:
+    """A video's failure in the job's counters: `videos_failed_<stage>`, and `error_<type>` when given.
+    Counted once per video, by the step that writes its failure row."""
+    Metrics.counter(NAMESPACE, f"videos_failed_{stage}").inc()
+    if error_type:
+        Metrics.counter(NAMESPACE, f"error_{error_type}").inc()
+
+
 class ProgressLog:
     """Where steps report progress; picklable (it ships to workers), a no-op without a directory."""
 

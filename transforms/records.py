@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from decoder import Clip, VideoInfo
+from decoder.split import Part
 
 FAILURES = "failures"  # the failure output of every step that can fail
 NAMESPACE = "s3d"  # the job's Beam metrics (counters in the Dataflow UI's Job metrics)
@@ -44,18 +45,14 @@ class VideoRequest(NamedTuple):
     """A video to decode: the segment [start_sec, end_sec) asked for, or all of it.
 
     A long video split over workers becomes one request per part (transforms.split), with
-    the same video_id and segment and the part's place in the fields below (None: whole).
+    the same video_id and segment and its `part` (decoder.split.Part; None: the whole video).
     """
 
     video_id: str
     uri: str
     start_sec: float | None = None
     end_sec: float | None = None
-    part: int | None = None  # this part's index
-    parts: int | None = None  # how many parts the video has
-    first_target: int | None = None  # index k of the video's first sample time
-    first_clip: int | None = None  # the part's first clip
-    next_clip: int | None = None  # the next part's first clip (None: the last part)
+    part: Part | None = None  # one part of a long video split over workers
     captions: str | None = None  # the manifest's captions file for the video (--captions column)
 
 

@@ -18,9 +18,9 @@ from apache_beam.metrics import Metrics
 
 from decoder import DecodeOptions
 from decoder.process import DecoderProcess
-from decoder.split import Part, plan_parts
+from decoder.split import plan_parts
 from storage.objects import open_object
-from transforms.progress import ProgressLog
+from transforms.progress import ProgressLog, count_failed_video
 from transforms.records import FAILURES, NAMESPACE, VideoRequest, failure_row
 
 PARTS = "parts"
@@ -29,11 +29,10 @@ INFO = "info"
 log = logging.getLogger(__name__)
 
 
-def part_of(request: VideoRequest) -> Part | None:
-    """The request's part, or None for a whole video (or segment)."""
-    if request.part is None:
-        return None
-    return Part(request.part, request.parts, request.first_target, request.first_clip, request.next_clip)
+def check_split_sec(split_sec: float | None) -> None:
+    """The one check of --split_sec. Raises ValueError naming the flag."""
+    if split_sec is None or not split_sec >= 0:
+        raise ValueError(f"--split_sec must be >= 0 (0 turns splitting off), got {split_sec}")
 
 
 class SplitLongVideosFn(beam.DoFn):
@@ -68,8 +67,7 @@ class SplitLongVideosFn(beam.DoFn):
         self._split.inc()
         self._parts.inc(len(parts))
         for part in parts:
-            yield request._replace(part=part.index, parts=part.count, first_target=part.first_target,
-                                   first_clip=part.first_clip, next_clip=part.next_clip)
+            yield request._replace(part=part)
 
 
 class SplitLongVideos(beam.PTransform):
@@ -77,8 +75,7 @@ class SplitLongVideos(beam.PTransform):
 
     def __init__(self, options: DecodeOptions, split_sec: float):
         super().__init__()
-        if not split_sec >= 0:
-            raise ValueError(f"--split_sec must be >= 0 (0 turns splitting off), got {split_sec}")
+        check_split_sec(split_sec)
         self._options = options
         self._split_sec = split_sec
 
@@ -91,9 +88,10 @@ class SplitLongVideos(beam.PTransform):
 def part_record(request: VideoRequest, first_target: int | None, clips: int, info: dict[str, Any] | None = None,
                 failure: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
     """What the decode step reports of one part, keyed by video_id for JoinParts."""
+    part = request.part
     return request.video_id, {
-        "part": request.part, "parts": request.parts, "expected_first_target": request.first_target,
-        "first_target": first_target, "first_clip": request.first_clip, "clips": clips,
+        "part": part.index, "parts": part.count, "expected_first_target": part.first_target,
+        "first_target": first_target, "first_clip": part.first_clip, "clips": clips,
         "info": info, "failure": failure,
     }
 
@@ -132,8 +130,7 @@ class JoinPartsFn(beam.DoFn):
         if failed:
             first, row = failed[0], failed[0]["failure"]
             where = f"part {first['part'] + 1} of {count} (from clip {first['first_clip']})"
-            Metrics.counter(NAMESPACE, f"videos_failed_{row['stage']}").inc()
-            Metrics.counter(NAMESPACE, f"error_{row['error_type']}").inc()
+            count_failed_video(row["stage"], row["error_type"])
             return {**row, "message": f"{where}: {row['message']}", "clips_kept": kept}
         any_row = next(r["info"] for r in records if r["info"] is not None)
         segment = (any_row["segment_start_sec"], any_row["segment_end_sec"])
@@ -142,7 +139,7 @@ class JoinPartsFn(beam.DoFn):
         else:
             message = (f"the first sample time is number {records[0]['first_target']}, the split expected "
                        f"{records[0]['expected_first_target']}; run this video with --split_sec 0")
-        Metrics.counter(NAMESPACE, "videos_failed_decode").inc()
+        count_failed_video("decode")
         return failure_row(video_id, any_row["uri"], "decode", "SplitMismatch", message, clips_kept=kept,
                            segment=segment)
 
