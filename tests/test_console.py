@@ -12,9 +12,18 @@ import pytest
 from s3d.quiet import is_startup_noise
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def start(env: dict[str, str], *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    stdout, stderr = proc.communicate(timeout=600)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
 def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return finish(start(env, *args))
 
 
 def startup_lines(text: str) -> list[str]:
@@ -53,7 +62,9 @@ def test_a_job_without_a_terminal_prints_plain_progress_lines(verbose_job):
 
 def test_search_is_quiet_by_default_and_log_level_brings_the_rest_back(verbose_job, standin_dir, newcomer_env):
     prefix, _ = verbose_job
-    quiet = run(newcomer_env, "pipeline.search", "--features", prefix, "--query", "a dog")
+    both = [start(newcomer_env, "pipeline.search", "--features", prefix, "--query", "a dog", *flag)
+            for flag in ([], ["-v"])]  # side by side: each is mostly its imports and the model's load
+    quiet, loud = map(finish, both)
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     assert startup_lines(quiet.stdout + quiet.stderr) == []
     assert "pkg_resources" not in quiet.stderr and "cuInit" not in quiet.stderr
@@ -61,7 +72,6 @@ def test_search_is_quiet_by_default_and_log_level_brings_the_rest_back(verbose_j
     assert "'a dog'" in quiet.stdout
     assert [line.split(" WARNING ", 1)[1] for line in quiet.stderr.splitlines()] == [
         f"s3d.loader: model {standin_dir} is an untrained stand-in: its embeddings carry no meaning"]
-    loud = run(newcomer_env, "pipeline.search", "--features", prefix, "--query", "a dog", "-v")
     assert loud.returncode == 0, loud.stderr[-3000:]
     assert startup_lines(loud.stderr)
     assert loud.stdout == quiet.stdout  # the same results
