@@ -83,3 +83,12 @@ def test_module_level_imports_have_no_cycle():
         if m not in state:
             cycle = visit(m, [])
             assert cycle is None, " -> ".join(cycle)
+
+
+def test_the_benchmark_driver_finds_every_section():
+    """benchmarks/run.py names each section's function in its own module: a moved or renamed one fails here,
+    not an hour into make bench."""
+    from benchmarks.run import SECTIONS
+
+    assert {name: callable(fn) for name, fn in SECTIONS.items()} == dict.fromkeys(SECTIONS, True)
+    assert {"model", "decode", "pipeline", "captions", "soak"} <= set(SECTIONS)
