@@ -78,7 +78,7 @@ def main() -> int:
         with open(args.output) as f:
             text = replace_sections(f.read(), parts, f"Section {', '.join(names)} re-run with `--only {args.only}` "
                                     f"on {started:%Y-%m-%d %H:%M} UTC on {machine_description()}; compare within "
-                                    "a section.")
+                                    "a section.", names)
     else:
         text = "\n".join(header) + "\n" + "\n\n".join(parts) + "\n"
     with open(args.output, "w") as f:
@@ -87,9 +87,9 @@ def main() -> int:
     return 0
 
 
-def replace_sections(text: str, parts: list[str], note: str) -> str:
+def replace_sections(text: str, parts: list[str], note: str, names: list[str]) -> str:
     """`text` (a BENCHMARKS.md) with the sections of the same `## ` heading replaced by `parts` (new ones appended),
-    and `note` added below the first paragraph."""
+    and `note` (of the re-run of sections `names`) added below the first paragraph."""
     blocks = re.split(r"(?m)^(?=## )", text)
     head, sections = blocks[0], [b.rstrip("\n") + "\n\n" for b in blocks[1:]]
     for part in parts:
@@ -100,6 +100,9 @@ def replace_sections(text: str, parts: list[str], note: str) -> str:
         else:
             sections[at] = part + "\n\n"
     lines = head.rstrip("\n").split("\n\n")
+    # An older re-run note of only sections re-run now describes figures no longer in the file: it goes.
+    lines = [p for p in lines if not (m := re.match(r"Section (\S+(?:, \S+)*) re-run with", p))
+             or not set(m.group(1).split(", ")) <= set(names)]
     lines.insert(2, note)
     return "\n\n".join(lines) + "\n\n" + "".join(sections).rstrip("\n") + "\n"
 
