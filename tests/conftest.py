@@ -21,14 +21,16 @@ import s3d  # noqa: F401  (its defaults for TensorFlow, oneDNN on, before any te
 # listed runs after these; the numbers need only keep their rough order.
 FILE_SECONDS = {
     "test_chunks.py": 67, "test_incremental.py": 54, "test_tf1_format.py": 42, "test_convert.py": 43,
-    "test_model.py": 38, "test_extract.py": 34, "test_console.py": 33, "test_gcs_flows.py": 31,
-    "test_s3_flows.py": 30, "test_reusable.py": 27, "test_search.py": 27, "test_transforms.py": 24,
+    "test_captions_job.py": 40, "test_model.py": 38, "test_extract.py": 34, "test_gcs_flows.py": 31,
+    "test_s3_flows.py": 30, "test_reusable.py": 27, "test_search.py": 27, "test_console.py": 25,
+    "test_transforms.py": 24,
     "test_dataflow.py": 19, "test_progress.py": 15, "test_http.py": 15, "test_lease.py": 11,
     "test_devices.py": 11, "test_split.py": 10, "test_decoder_process.py": 9,
 }
-# The first file exports the stand-in (about 13 s of a core); the second worker starts on a file that
-# needs no model (the index's tests, 37 s), instead of waiting for the export's lock.
-FIRST = ("test_precision.py", "test_index.py")
+# The first file exports the stand-in (about 13 s of a core); the other workers start on files that
+# need no model (the index's tests, 20 s; the decoder process's, 10 s), instead of waiting for the
+# export's lock.
+FIRST = ("test_precision.py", "test_index.py", "test_decoder_process.py")
 
 
 def pytest_collection_modifyitems(items):
