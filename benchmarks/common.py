@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 
@@ -68,3 +69,17 @@ def e2e_corpus() -> tuple[str, str]:
         if not os.path.lexists(link):
             os.symlink(os.path.abspath(source), link)
     return source, corpus
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, MB: /proc's VmHWM, which starts anew at exec. getrusage's
+    ru_maxrss does not: "resource usage metrics are preserved across an execve" (getrusage(2)), so a
+    measurement started by a large launcher would report the launcher's memory."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

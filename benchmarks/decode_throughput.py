@@ -22,7 +22,7 @@ from collections.abc import Callable
 import av
 import numpy as np
 
-from benchmarks.common import BENCH_CACHE, length_memory_table, run_json
+from benchmarks.common import BENCH_CACHE, length_memory_table, peak_rss_mb, run_json
 from synthetic.videos import write_video
 
 SOURCES = {
@@ -204,9 +204,8 @@ def main() -> None:
         tool=args.tool,
         sampled_fps=result["sampled_frames"] / result["seconds"],
         source_fps=result["source_frames"] / result["seconds"],
-        peak_rss_mb=resource.getrusage(
-            resource.RUSAGE_SELF if args.tool == "ours" else resource.RUSAGE_CHILDREN
-        ).ru_maxrss / 1024,
+        peak_rss_mb=peak_rss_mb() if args.tool == "ours" else
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     )
     print(json.dumps(result))
 

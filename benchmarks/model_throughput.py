@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import time
 from collections.abc import Callable
 
 import s3d  # noqa: F401  (the project's TensorFlow defaults, oneDNN on, set before main imports TensorFlow)
-from benchmarks.common import run_json
+from benchmarks.common import peak_rss_mb, run_json
 
 GFLOP_PER_CLIP = 72.7  # docs/model.md, "Compute": TensorFlow's profiler on the video signature, 1x32x224x224
 
@@ -126,7 +125,7 @@ def main() -> None:
                 "batch": args.batch,
                 "clips_per_s": clips_per_s,
                 "gflop_per_s": clips_per_s * GFLOP_PER_CLIP * scale,
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "peak_rss_mb": peak_rss_mb(),
                 "calls": calls,
             }
         )

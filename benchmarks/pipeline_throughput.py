@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from benchmarks.common import BENCH_CACHE, e2e_corpus, length_memory_table, run_json
+from benchmarks.common import BENCH_CACHE, e2e_corpus, length_memory_table, peak_rss_mb, run_json
 
 
 def main() -> None:
@@ -46,7 +46,7 @@ def main() -> None:
         "model_load_seconds": load,
         "clips_per_s": clips / wall,
         "clips_per_s_after_load": clips / max(wall - load, 1e-9),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         # the largest child's: the decoder process (or a runner's worker process)
         "children_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }))

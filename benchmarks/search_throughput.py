@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import time
 from collections.abc import Callable
 
@@ -20,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.common import BENCH_CACHE, run_json
+from benchmarks.common import BENCH_CACHE, peak_rss_mb, run_json
 from synthetic.embeddings import CLIPS_PER_VIDEO, DIM, clip_embeddings, queries_near, topics
 from transforms.tables import CLIPS_SCHEMA, with_run_metadata
 
@@ -144,7 +143,7 @@ def main() -> None:
         result["best_score"] = float(scores[best[:, 0], 0].max())
     result.update(
         rows=rows, seconds=seconds, dot_products_per_s=rows * args.queries / seconds,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_rss_mb=peak_rss_mb(),
     )
     print(json.dumps(result))
 
