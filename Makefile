@@ -62,7 +62,7 @@ browser:
 # wait on local servers, child processes and leases), and a third worker took the suite from 365 to
 # 343 s on 2 cores (AMD EPYC, December 2026). The files run longest first (tests/conftest.py,
 # FILE_SECONDS), in that order: no reordering by xdist.
-TEST_WORKERS ?= $(shell python3 -c "import os; print(min(4, (os.cpu_count() or 1) + 1))")
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(4, (os.cpu_count() or 1) + 1))")
 test: $(STAMP) browser
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
