@@ -214,11 +214,6 @@ class ChunkedLaunch:
     job_state: Callable | None = None  # a Dataflow job's state, to tell a stale lease (runner.dataflow_job_state)
     stale: tuple[str, ...] = ()  # tables the job writes only with other flags: an earlier run's are cleared too
 
-    @property
-    def cleared(self) -> tuple[str, ...]:
-        """The tables an earlier run (or attempt) may have left: this run's and the stale ones."""
-        return tuple(dict.fromkeys(self.tables + self.stale))
-
     def run(self, chunking: Chunking, overwrite: bool) -> tuple[dict[str, Any], str]:
         """Plans (or resumes) and runs every chunk not yet complete, then writes the aggregate summary.
 
@@ -253,7 +248,7 @@ class ChunkedLaunch:
         """
         plan = existing_plan(self.output_prefix, chunking, overwrite)
         if plan is None:
-            clear_previous_run(self.output_prefix, self.cleared)
+            clear_previous_run(self.output_prefix, self.tables, self.stale)
             plan = write_plan(self.output_prefix, chunking)
         committed = committed_attempts(self.output_prefix)
         if read_summary(self.output_prefix) is not None and not all(e["name"] in committed for e in plan["chunks"]):
@@ -412,7 +407,7 @@ class ChunkedLaunch:
                   if found and committed.get(found[0]) != found[1]}
         for name, attempt in sorted(others):
             prefix = attempt_prefix(self.output_prefix, name, attempt)
-            clear_previous_run(prefix, self.cleared)
+            clear_previous_run(prefix, self.tables, self.stale)
             if is_local(prefix):
                 shutil.rmtree(local_path(prefix), ignore_errors=True)
 

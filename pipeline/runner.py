@@ -61,11 +61,13 @@ def create_pipeline(options: PipelineOptions) -> beam.Pipeline:
     return beam.Pipeline(runner=fn_runner.FnApiRunner(provision_info=provision), options=options)
 
 
-def clear_previous_run(output_prefix: str, tables: tuple[str, ...]) -> int:
+def clear_previous_run(output_prefix: str, tables: tuple[str, ...], stale: tuple[str, ...] = ()) -> int:
     """Deletes an earlier run's summary, tables and leftover temp files (of a run that died) under the
     prefix, in either layout (a run in chunks: its plan and every chunk), so two runs never mix.
     What marks a run or a chunk complete goes first: a half-cleared prefix never looks complete.
+    `stale`: tables the job writes only with other flags, an earlier run's cleared too.
     Returns the number of paths deleted."""
+    tables = tuple(dict.fromkeys(tables + stale))
     base = output_prefix.rstrip("/")
     chunks = f"{base}/{CHUNKS_DIR}"
     under_chunks = chunk_paths(output_prefix)  # a run in chunks: everything there goes
@@ -298,7 +300,7 @@ def launch(
     lease = acquire(output_prefix, None if runs_locally(options) else dataflow_job_state(options),
                     lease_settle_sec(options))
     try:
-        clear_previous_run(output_prefix, tuple(dict.fromkeys(tables + stale)))
+        clear_previous_run(output_prefix, tables, stale)
         result, lease = run_graph(options, build, lease, show_progress, expected)
         if result is None:
             lease = None  # kept by the job (or by a staged template: its launch replaces it)
