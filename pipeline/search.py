@@ -51,12 +51,12 @@ class Queries:
 
 
 def embed_queries(texts: Sequence[str], model_handle: str) -> Queries:
-    from s3d.loader import load_s3d
+    from transforms.inference import load_once
 
     for i, text in enumerate(texts):
         if not text.strip():
             raise SearchError(f"query {i + 1} is empty: give words to search for")
-    model = load_s3d(model_handle)
+    model = load_once(model_handle, "float32")  # a process searching twice (a notebook, a test) loads once
     known = model.known_words(list(texts))
     embeddings = model.embed_text(list(texts))
     for text, unknown in zip(texts, model.no_known_words(list(texts), embeddings), strict=True):
