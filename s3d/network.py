@@ -268,6 +268,24 @@ def _tower_variables(network: S3DNetwork, text: bool) -> list[tf.Variable]:
     return [v for k, v in network.params.items() if k.startswith("text_module.") == text]
 
 
+def _as_saving():
+    """The context `tf.saved_model.save` traces in (with its default options), for `reusable`'s traces.
+
+    The save traces every traced signature of a tf.function again inside its save context, which is part
+    of a trace's cache key (TensorFlow's polymorphic_function/function_context.py): the video tower's two
+    traces made outside it cost two more at the save (about 2.6 s of a core an export). Traced inside the
+    same context, the save finds them. The context is TensorFlow's internal module: where it has moved,
+    the export traces twice again, as before, and writes the same model.
+    """
+    import contextlib
+
+    try:
+        from tensorflow.python.saved_model import save_context, save_options
+    except ImportError:
+        return contextlib.nullcontext()
+    return save_context.save_context(save_options.SaveOptions())
+
+
 def reusable(network: S3DNetwork) -> _Reusable:
     """The object to save: TF Hub's Reusable SavedModel API over the video tower, the text tower beside it.
 
@@ -291,9 +309,10 @@ def reusable(network: S3DNetwork) -> _Reusable:
         del training  # no BatchNorm or dropout in the text tower
         return network.embed_text(words)
 
-    for training in (False, True):  # both traces are saved; a Python bool picks one after loading
-        video.get_concrete_function(VIDEO_INPUT_SPEC, training=training)
-        text.get_concrete_function(TEXT_INPUT_SPEC, training=training)
+    with _as_saving():
+        for training in (False, True):  # both traces are saved; a Python bool picks one after loading
+            video.get_concrete_function(VIDEO_INPUT_SPEC, training=training)
+            text.get_concrete_function(TEXT_INPUT_SPEC, training=training)
     root.__call__ = video
     root.variables = _tower_variables(network, text=False)
     root.trainable_variables = [v for v in root.variables if v.trainable]
