@@ -219,6 +219,6 @@ def section(model: str, log) -> str:
         f"{after['distinct']} / {after['more_than_once']} / {after['missing']} |",
         "",
         "A chunk costs about a second of its own locally (a graph built and started; the model is loaded once "
-        "per process, `transforms.inference.load_once`). The work redone after a kill is the killed chunk's "
+        "per process, `s3d.loader.load_once`). The work redone after a kill is the killed chunk's "
         "share done before the kill, plus the relaunch's start.",
     ])

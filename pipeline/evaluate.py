@@ -333,8 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from s3d.loader import DEFAULT_HANDLE
-    from transforms.inference import load_once
+    from s3d.loader import DEFAULT_HANDLE, load_once
 
     handle = args.model or DEFAULT_HANDLE
     model = load_once(handle, "float32")  # a process evaluating twice (or after a job) loads once

@@ -51,7 +51,7 @@ class Queries:
 
 
 def embed_queries(texts: Sequence[str], model_handle: str) -> Queries:
-    from transforms.inference import load_once
+    from s3d.loader import load_once
 
     for i, text in enumerate(texts):
         if not text.strip():

@@ -7,10 +7,12 @@ signatures `video(images=...)` and `text(words=...)`, by keyword.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -314,3 +316,29 @@ def load_s3d(handle: str = DEFAULT_HANDLE, precision: str = "float32") -> S3DMod
     if model.trained is False:
         log.warning("model %s is an untrained stand-in: its embeddings carry no meaning", handle)
     return model
+
+
+# Models this process loaded, the most recent last: a launcher that runs many graphs (a run in chunks)
+# loads and optimizes the module once, not once per graph, and does not grow by a model per graph.
+# Keyed by what load_s3d's result depends on: the handle, the precision, and oneDNN's ISA cap.
+_LOADED: collections.OrderedDict[tuple, S3DModel] = collections.OrderedDict()
+_LOADED_KEEP = 8  # a run has a video and a text model; a process that runs many kinds of job (a notebook, a test) keeps more
+_LOAD_LOCK = threading.Lock()
+
+
+def load_once(handle: str, precision: str = "float32") -> S3DModel:
+    """load_s3d(handle, precision), reusing this process's earlier load of the same.
+
+    For the job's model handler and the tools that embed (search, evaluate): a process that runs many
+    graphs or commands (a run in chunks, a notebook, a test) loads and optimizes a module once.
+    """
+    key = (handle, precision, os.environ.get("ONEDNN_MAX_CPU_ISA"))
+    with _LOAD_LOCK:
+        if key in _LOADED:
+            _LOADED.move_to_end(key)
+            return _LOADED[key]
+        model = load_s3d(handle, precision=precision)
+        _LOADED[key] = model
+        while len(_LOADED) > _LOADED_KEEP:
+            _LOADED.popitem(last=False)
+        return model

@@ -1,7 +1,7 @@
 """Shared fixtures: the stand-in model is exported once per session into a temp dir.
 
 In-process jobs load each model once per test process, as any process does
-(transforms.inference.load_once); jobs run in subprocesses (tests of the command line, of
+(s3d.loader.load_once); jobs run in subprocesses (tests of the command line, of
 several worker processes, of a killed run) and the loader's own tests load for real every time.
 """
 

@@ -40,7 +40,7 @@ def reference(tmp_path_factory):
 @pytest.fixture(scope="module")
 def converted(reference):
     """The converted model loaded once, as a job loads it (the extraction test below reuses it)."""
-    from transforms.inference import load_once
+    from s3d.loader import load_once
 
     return load_once(reference["output"], "float32")
 

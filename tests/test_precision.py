@@ -24,7 +24,7 @@ from s3d.precision import (
 @pytest.fixture(scope="module")
 def models(standin_dir):
     """Loaded as a job loads them, once a process: the job below finds its bfloat16 rewrite done (~7 s)."""
-    from transforms.inference import load_once
+    from s3d.loader import load_once
 
     # float16 is loaded by the test of its CPU fallback (the warning is logged at load)
     return {p: load_once(standin_dir, p) for p in ("float32", "bfloat16")}

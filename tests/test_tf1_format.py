@@ -28,7 +28,7 @@ def tf1_module(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tf1_model(tf1_module):
     """The TF1 module as the job loads it: once a process (so the job's test below finds it loaded)."""
-    from transforms.inference import load_once
+    from s3d.loader import load_once
 
     return load_once(tf1_module, "float32")
 

@@ -9,10 +9,7 @@ behind Beam's cross-process proxy when the model is shared with `large_model` /
 
 from __future__ import annotations
 
-import collections
 import logging
-import os
-import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
@@ -21,7 +18,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
-from s3d.loader import ModelLoadError, load_s3d  # TensorFlow itself is imported at load, on the worker
+from s3d.loader import ModelLoadError, load_once  # TensorFlow itself is imported at load, on the worker
 from s3d.precision import check_precision
 from transforms.progress import ProgressLog
 from transforms.records import NAMESPACE, CaptionShard, ClipItem, TextItem, check_worker_python, python_version
@@ -29,28 +26,6 @@ from transforms.records import NAMESPACE, CaptionShard, ClipItem, TextItem, chec
 Task = Literal["video", "text", "captions"]
 
 log = logging.getLogger(__name__)
-
-# Models this process loaded, the most recent last: a launcher that runs many graphs (a run in chunks)
-# loads and optimizes the module once, not once per graph, and does not grow by a model per graph.
-# Keyed by what load_s3d's result depends on: the handle, the precision, and oneDNN's ISA cap.
-_LOADED: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
-_LOADED_KEEP = 8  # a run has a video and a text model; a process that runs many kinds of job (a notebook, a test) keeps more
-_LOAD_LOCK = threading.Lock()
-
-
-def load_once(handle: str, precision: str):
-    """load_s3d(handle, precision), reusing this process's earlier load of the same."""
-    key = (handle, precision, os.environ.get("ONEDNN_MAX_CPU_ISA"))
-    with _LOAD_LOCK:
-        if key in _LOADED:
-            _LOADED.move_to_end(key)
-            return _LOADED[key]
-        model = load_s3d(handle, precision=precision)
-        _LOADED[key] = model
-        while len(_LOADED) > _LOADED_KEEP:
-            _LOADED.popitem(last=False)
-        return model
-
 
 def check_batch_sizes(min_batch_size: int | None, batch_size: int | None) -> None:
     """The one check of the batch sizes (the flags' and the handler's). Raises ValueError naming the flag."""
