@@ -31,8 +31,13 @@ def _clip(batch: int, t: int, size: int, seed: int = 0) -> np.ndarray:
 # ---- the exported interface ------------------------------------------------------------------
 
 
-def test_export_reloads_with_hub_and_has_exactly_the_two_signatures(standin_dir):
-    module = hub.load(standin_dir)
+@pytest.fixture(scope="module")
+def module(standin_dir):
+    """The export as hub.load gives it, loaded once for the tests that only call it (about 2.5 s a load)."""
+    return hub.load(standin_dir)
+
+
+def test_export_reloads_with_hub_and_has_exactly_the_two_signatures(module):
     assert sorted(module.signatures.keys()) == ["text", "video"]
 
     video = module.signatures["video"]
@@ -154,8 +159,7 @@ def test_the_export_is_deterministic_for_a_seed(standin_dir):
     assert sum(not name.startswith("text_module") for name in differ) > 50  # and the video tower's convolutions
 
 
-def test_head_on_mixed_5c_equals_video_embedding(standin_dir):
-    module = hub.load(standin_dir)
+def test_head_on_mixed_5c_equals_video_embedding(module):
     out = module.signatures["video"](images=tf.constant(_clip(2, 16, 128).astype(np.float32) / 255.0))
     np.testing.assert_allclose(
         module.video_head_fn(out["mixed_5c"]).numpy(), out["video_embedding"].numpy(), rtol=1e-5, atol=1e-5
@@ -248,9 +252,8 @@ def test_tokenizer_matches_the_reference_rules(tricky_network):
     assert len([t for t in tokenize(TRICKY_SENTENCES[3], vocab) if t]) == 16
 
 
-def test_text_signature_equals_a_numpy_text_tower(standin_dir):
+def test_text_signature_equals_a_numpy_text_tower(module):
     """Tokenizer + embedding + fc1/ReLU/max + fc2, exported, against the spec in numpy."""
-    module = hub.load(standin_dir)
     words = standin_vocabulary()
     params = init_parameters(len(words), seed=0)
     sentences = ["Cut the tomato into pieces", "", "zzz qqq", "Let's MIX the flour, the sugar & the eggs!"]

@@ -86,13 +86,14 @@ def test_no_known_words_on_a_module_without_a_vocabulary_file(tf1_model):
     assert not is_padding_only(one_word, padding).any()
 
 
-def test_the_train_variant_uses_batch_statistics(tf1_module):
+def test_the_train_variant_uses_batch_statistics(tf1_module, tf1_model):
     from s3d.quiet import import_tensorflow, import_tensorflow_hub
 
     tf = import_tensorflow()
     hub = import_tensorflow_hub()
-    images = tf.constant(np.random.default_rng(4).uniform(0, 1, (2, 8, 32, 32, 3)).astype(np.float32))
-    inference = hub.load(tf1_module).signatures["video"](images=images)["video_embedding"].numpy()
+    clips = np.random.default_rng(4).integers(0, 256, (2, 8, 32, 32, 3), dtype=np.uint8)
+    _, inference = tf1_model.embed_video(clips)  # load_s3d's variant: the default tags, the inference graph
+    images = tf.constant(clips.astype(np.float32) / 255.0)
     train = hub.load(tf1_module, tags={"train"}).signatures["video"](images=images)["video_embedding"].numpy()
     assert not np.allclose(train, inference, atol=1e-3)
 
