@@ -15,20 +15,19 @@ import pytest
 
 import s3d  # noqa: F401  (its defaults for TensorFlow, oneDNN on, before any test imports TensorFlow)
 
-# Seconds each file took on 2 cores (pytest --durations=0, summed per file; AMD EPYC, December 2026).
-# Files run longest first (`make test` passes --no-loadscope-reorder, so xdist keeps this order), so
-# the two workers end together rather than one waiting on a long file picked up last. A file not
-# listed runs after these; the numbers need only keep their rough order.
+# Seconds each file took with `make test`'s 3 workers on 2 cores (pytest --durations=0, summed per file;
+# AMD EPYC, December 2026). Files run longest first (`make test` passes --no-loadscope-reorder, so xdist
+# keeps this order), so the workers end together rather than one waiting on a long file picked up last.
+# A file not listed runs after these; the numbers need only keep their rough order.
 FILE_SECONDS = {
-    "test_chunks.py": 67, "test_incremental.py": 54, "test_tf1_format.py": 42, "test_convert.py": 43,
-    "test_captions_job.py": 40, "test_model.py": 38, "test_extract.py": 34, "test_gcs_flows.py": 31,
-    "test_s3_flows.py": 30, "test_reusable.py": 27, "test_search.py": 27, "test_console.py": 25,
-    "test_transforms.py": 24,
-    "test_dataflow.py": 19, "test_progress.py": 15, "test_http.py": 15, "test_lease.py": 11,
-    "test_devices.py": 11, "test_split.py": 10, "test_decoder_process.py": 9,
+    "test_chunks.py": 98, "test_incremental.py": 65, "test_gcs_flows.py": 49, "test_s3_flows.py": 48,
+    "test_model.py": 46, "test_captions_job.py": 46, "test_tf1_format.py": 45, "test_extract.py": 42,
+    "test_reusable.py": 40, "test_convert.py": 38, "test_console.py": 37, "test_transforms.py": 29,
+    "test_dataflow.py": 26, "test_progress.py": 20, "test_http.py": 18, "test_lease.py": 16,
+    "test_devices.py": 16, "test_split.py": 15, "test_search.py": 10,
 }
-# The first file exports the stand-in (about 13 s of a core); the other workers start on files that
-# need no model (the index's tests, 20 s; the decoder process's, 10 s), instead of waiting for the
+# The first file exports the stand-in (about 10 s of a core); the other workers start on files that
+# need no model (the index's tests, 30 s; the decoder process's, 15 s), instead of waiting for the
 # export's lock.
 FIRST = ("test_precision.py", "test_index.py", "test_decoder_process.py")
 
