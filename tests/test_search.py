@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from floats import assert_features_close
 
 from pipeline import embed_text, extract, search
 from storage.layout import read_summary
@@ -145,6 +146,21 @@ def test_empty_and_non_ascii_queries(extracted, capsys):
     captured = capsys.readouterr()
     assert "no word of 'Crème brûlée' is in the model's vocabulary" in captured.err
     assert "'Crème brûlée'" in captured.out
+
+
+def test_a_process_that_searches_twice_loads_the_model_once(standin_dir, tmp_path, monkeypatch):
+    from s3d import loader
+
+    handle = str(tmp_path / "model")
+    os.symlink(standin_dir, handle)  # a handle of its own: no earlier load in this process
+    loads = []
+    load_s3d = loader.load_s3d
+    monkeypatch.setattr(loader, "load_s3d", lambda *a, **k: loads.append(a) or load_s3d(*a, **k))
+    first = search.embed_queries(["cut the tomato"], handle)
+    again = search.embed_queries(["cut the tomato", "a dog"], handle)
+    assert len(loads) == 1
+    assert again.embeddings.shape == (2, 512)
+    assert_features_close(again.embeddings[0], first.embeddings[0], "the same query in another batch")
 
 
 def test_an_incomplete_run_is_refused_unless_forced(random_features, tmp_path, capsys):
