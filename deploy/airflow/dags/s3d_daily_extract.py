@@ -30,6 +30,7 @@ Composer: the environment's variables; the DAG file may be all a Composer bucket
     S3D_DEFERRABLE  "true": Dataflow runs free their worker slot while the job runs (needs a
                     triggerer); local runs are never deferred
     S3D_START_DATE  the first day the schedule covers, YYYY-MM-DD (default 2026-11-01)
+    S3D_RETRY_DELAY_MIN  minutes before a chunk's first retry (default 15; each next one waits twice as long)
 
 Missed days, retries and time limits (the policy; tests/test_dag.py checks each):
 - catchup=True with max_active_runs=1: a day the scheduler missed (Airflow down, the DAG
@@ -71,7 +72,19 @@ S3D_DEFERRABLE = os.environ.get("S3D_DEFERRABLE", "").strip().lower() in ("1", "
 S3D_START_DATE = pendulum.parse(os.environ.get("S3D_START_DATE", "").strip() or "2026-11-01", tz="UTC")
 
 EXTRACT_RETRIES = 2
-EXTRACT_RETRY_DELAY = datetime.timedelta(minutes=15)
+
+def _minutes_setting(name: str, default: float) -> datetime.timedelta:
+    value = os.environ.get(name, "").strip()
+    try:
+        minutes = float(value) if value else default
+    except ValueError:
+        minutes = -1
+    if minutes < 0:
+        raise RuntimeError(f"the environment variable {name} must be a number of minutes >= 0, got {value!r}")
+    return datetime.timedelta(minutes=minutes)
+
+
+EXTRACT_RETRY_DELAY = _minutes_setting("S3D_RETRY_DELAY_MIN", 15)
 EXTRACT_TIMEOUT = datetime.timedelta(hours=20)
 CHECK_TIMEOUT = datetime.timedelta(minutes=30)
 

@@ -232,6 +232,18 @@ def test_retries_and_time_limits(dag):
     assert check.retries == 0 and check.execution_timeout == datetime.timedelta(minutes=30)
 
 
+def test_the_retry_delay_comes_from_the_environment_and_a_bad_one_is_an_import_error(monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("S3D_RETRY_DELAY_MIN", "2.5")
+    extract = DagBag(dag_folder=str(DAGS)).get_dag("s3d_daily_extract").get_task("extract")
+    assert extract.retry_delay == datetime.timedelta(minutes=2.5)
+    monkeypatch.setenv("S3D_RETRY_DELAY_MIN", "soon")
+    errors = DagBag(dag_folder=str(DAGS)).import_errors
+    [message] = errors.values()
+    assert "S3D_RETRY_DELAY_MIN must be a number of minutes >= 0, got 'soon'" in message
+
+
 def test_the_shuffle_free_gpu_route_and_its_disk_are_parameters(dag):
     run = SimpleNamespace(logical_date=None, run_after=datetime.datetime(2026, 11, 26, tzinfo=UTC))
     gpu = {"runner": "DataflowRunner", "machine_type": "g2-standard-8", "disk_size_gb": "50", "batch_size": "8",
@@ -307,9 +319,14 @@ def test_a_retry_waits_for_the_days_job_that_still_runs(dag, monkeypatch, runnin
         assert launched == [True]
 
 
-def test_a_chunk_whose_task_fails_once_is_retried_alone(dag, inputs, tmp_path):
+def test_a_chunk_whose_task_fails_once_is_retried_alone(inputs, tmp_path, monkeypatch):
     """Two chunks; chunk 00001's first task attempt dies (its worker process exits 1 before the launcher
-    runs, as a lost Airflow worker would): that task alone runs again, and the day completes."""
+    runs, as a lost Airflow worker would): that task alone runs again, and the day completes.
+
+    The interpreter and the retry delay are set as a deployment sets them, in the environment the DAG
+    file is parsed in: dag.test parses the file again and schedules from that version, so changes made
+    to a DAG object alone were honoured only some of the time (a run then waited the 15 minutes).
+    """
     calls, failed = tmp_path / "calls.log", tmp_path / "failed_once"
     flaky = tmp_path / "flaky_python"
     flaky.write_text(
@@ -318,10 +335,13 @@ def test_a_chunk_whose_task_fails_once_is_retried_alone(dag, inputs, tmp_path):
         f'case "$*" in *--chunk_step=00001*) [ -e {failed} ] || {{ touch {failed}; echo "worker lost" >&2; exit 1; }};; esac\n'
         f'exec {S3D_PYTHON} "$@"\n')
     flaky.chmod(0o755)
-    dag = copy.deepcopy(dag)
+    monkeypatch.setenv("S3D_PYTHON", str(flaky))
+    monkeypatch.setenv("S3D_RETRY_DELAY_MIN", "0")
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(DAGS)).get_dag("s3d_daily_extract")
     extract = dag.get_task("extract")
-    extract.partial_kwargs["py_interpreter"] = str(flaky)
-    extract.retry_delay, extract.retry_exponential_backoff = datetime.timedelta(0), False
+    assert extract.partial_kwargs["py_interpreter"] == str(flaky) and extract.retry_delay == datetime.timedelta(0)
     conf = {**_conf(inputs, 0.05), "output_root": str(tmp_path / "features"), "chunk_videos": 1}
     run = dag.test(logical_date=datetime.datetime(2026, 11, 25, tzinfo=UTC), run_conf=conf)
     assert run.state == "success"
